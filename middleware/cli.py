@@ -1,0 +1,58 @@
+"""The ``routegate`` console script.
+
+    routegate serve [--config FILE] [--host H] [--port P]   run the standalone gateway
+    routegate classify ... / routegate sidecar ...           (from routegate.sidecar.cli)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from routegate.middleware.config import ConfigError, load_config, resolve_config_path
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from routegate.middleware.app import create_app
+
+    try:
+        config = load_config(resolve_config_path(args.config))
+    except ConfigError as exc:
+        print(f"routegate: invalid config: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    logging.basicConfig(level=config.server.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
+    uvicorn.run(create_app(config), host=host, port=port, loop="uvloop", http="httptools",
+                lifespan="on", log_level=config.server.log_level, access_log=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routegate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="gateway.toml (default: $ROUTEGATE_CONFIG or ./gateway.toml)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

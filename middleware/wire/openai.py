@@ -1,0 +1,104 @@
+"""OpenAI chat-completions wire format: only the parts the gateway reads.
+
+The request is decoded twice, cheaply: once as ``dict[str, Raw]`` (top-level keys, values
+untouched, so every field the gateway does not know is forwarded byte for byte) and once into
+:class:`ChatRequest` for validation and routing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "ChatCompletion",
+    "ChatMessage",
+    "ChatRequest",
+    "StreamChunk",
+    "StreamOptions",
+    "UpstreamError",
+    "Usage",
+    "message_text",
+]
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class ChatMessage(msgspec.Struct):
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class ChatRequest(msgspec.Struct):
+    model: str
+    messages: list[ChatMessage]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int | None = None
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ChatCompletion(msgspec.Struct):
+    """What a non-streaming answer must have to count as well-formed."""
+
+    choices: list[msgspec.Raw]
+    model: str = ""
+    usage: Usage | None = None
+
+
+class StreamChunk(msgspec.Struct):
+    choices: list[msgspec.Raw] = []
+    usage: Usage | None = None
+    model: str = ""
+
+
+class UpstreamErrorDetail(msgspec.Struct):
+    message: str = ""
+    type: str | None = None
+    code: str | int | None = None
+
+
+class UpstreamError(msgspec.Struct):
+    error: UpstreamErrorDetail | str | None = None
+
+
+def message_text(messages: list[ChatMessage], limit: int = 4000) -> str:
+    """The text a classifier should see: the system prompt's head and the last user turn.
+
+    Instructions often sit at the end of long inputs, so long text keeps head and tail.
+    """
+    parts: list[str] = []
+    last_user: str = ""
+    for message in messages:
+        text = _content_text(message.content)
+        if message.role == "user":
+            last_user = text
+        elif message.role in ("system", "developer") and not parts:
+            parts.append(text[:500])
+    parts.append(last_user)
+    text = "\n".join(p for p in parts if p)
+    if len(text) > limit:
+        half = limit // 2
+        text = text[:half] + " … " + text[-half:]
+    return text
+
+
+def _content_text(content: str | list[dict[str, Any]] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return " ".join(str(part.get("text", "")) for part in content if part.get("type") == "text")

@@ -1,0 +1,1 @@
+"""routegate.otel: OpenTelemetry tracing and metrics for the gateway."""

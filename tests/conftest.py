@@ -1,0 +1,72 @@
+"""Shared fixtures: fake providers and the gateway, each a real uvicorn server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from bench.fakes import FakeProvider, serve_in_thread
+from routegate.middleware import GatewayConfig, create_app, parse_config
+
+FAST_TIMEOUTS = {"connect_s": 1.0, "first_token_s": 1.0, "idle_s": 1.0, "total_s": 5.0}
+
+
+def pool_config(urls: dict[str, str], *, extra: dict[str, Any] | None = None,
+                models: dict[str, dict[str, Any]] | None = None,
+                routes: dict[str, dict[str, Any]] | None = None,
+                timeouts: dict[str, float] | None = None) -> GatewayConfig:
+    """A small pool over fake providers: cheap -> mid -> big, all capable of everything.
+
+    ``urls`` maps provider name to the fake's base URL (without /v1).
+    """
+    providers = {name: {"type": "openai", "base_url": url + "/v1", "api_key_env": None,
+                        "timeouts": timeouts or FAST_TIMEOUTS}
+                 for name, url in urls.items()}
+    first = next(iter(urls))
+    default_models: dict[str, dict[str, Any]] = {
+        "cheap": {"provider": first, "upstream": "cheap-up", "input_usd_per_mtok": 0.1,
+                  "output_usd_per_mtok": 0.2, "context_window": 4096,
+                  "capabilities": {"chat": 0.8, "code": 0.5}, "fallbacks": ["mid"]},
+        "mid": {"provider": list(urls)[-1], "upstream": "mid-up", "input_usd_per_mtok": 1.0,
+                "output_usd_per_mtok": 2.0, "context_window": 16384,
+                "capabilities": {"chat": 0.9, "code": 0.9}, "fallbacks": ["big"]},
+        "big": {"provider": list(urls)[-1], "upstream": "big-up", "input_usd_per_mtok": 5.0,
+                "output_usd_per_mtok": 10.0, "context_window": 131072,
+                "capabilities": {"chat": 0.95, "code": 0.95}},
+    }
+    raw: dict[str, Any] = {
+        "server": {"request_timeout_s": 10.0},
+        "retry": {"max_attempts": 4, "backoff_base_s": 0.001, "backoff_max_s": 0.01,
+                  "retry_after_cap_s": 1.0},
+        "providers": providers,
+        "models": models or default_models,
+        "routes": routes or {"chat": {"min_capability": 0.7}, "code": {"min_capability": 0.85}},
+    }
+    for key, value in (extra or {}).items():
+        raw[key] = value
+    return parse_config(raw)
+
+
+@contextmanager
+def running_gateway(config: GatewayConfig) -> Iterator[str]:
+    """The standalone gateway app on a real server; yields its base URL."""
+    with serve_in_thread(create_app(config), lifespan="on") as url:
+        yield url
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[tuple[FakeProvider, str]]:
+    fake = FakeProvider(kind="openai")
+    with serve_in_thread(fake) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def gateway(fake_openai: tuple[FakeProvider, str]) -> Iterator[tuple[FakeProvider, str]]:
+    """Gateway over one fake OpenAI provider; yields (fake, gateway base URL)."""
+    fake, url = fake_openai
+    with running_gateway(pool_config({"fake": url})) as gateway_url:
+        yield fake, gateway_url
