@@ -185,14 +185,25 @@ def _decode_request(body: bytes) -> ClientRequest:
     try:
         chat = _chat_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        message, _, where = str(exc).rpartition(" - at `")
-        param = where.rstrip("`").removeprefix("$.") if where else None
-        raise InvalidRequest(f"Invalid request: {message or exc}" + (f" (at {param})" if param else ""),
-                             param=param) from exc
+        message, param = _explain(str(exc))
+        raise InvalidRequest(f"Invalid request: {message}", param=param) from exc
     if not chat.messages:
         raise InvalidRequest("`messages` must contain at least one message", param="messages")
     include_usage = chat.stream_options is not None and chat.stream_options.include_usage
     return ClientRequest(fields, chat, include_usage)
+
+
+def _explain(error: str) -> tuple[str, str | None]:
+    """msgspec's ``Expected `str`, got `int` - at `$.messages[0].role``` -> message, param."""
+    message, sep, where = error.rpartition(" - at `")
+    if not sep:
+        message, where = error, ""
+    param = where.rstrip("`").removeprefix("$").lstrip(".") or None
+    if message.startswith("Object missing required field `"):
+        field = message.split("`")[1]
+        param = f"{param}.{field}" if param else field
+        return f"missing required field `{param}`", param
+    return (f"{message} (at `{param}`)" if param else message), param
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

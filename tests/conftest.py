@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import pytest
 
 from bench.fakes import FakeProvider, serve_in_thread
 from routegate.middleware import GatewayConfig, create_app, parse_config
 
+# Fake providers demand a key like the real ones; the gateway reads it from this variable.
+os.environ.setdefault("ROUTEGATE_TEST_PROVIDER_KEY", "sk-test-provider-secret")
 FAST_TIMEOUTS = {"connect_s": 1.0, "first_token_s": 1.0, "idle_s": 1.0, "total_s": 5.0}
 
 
-def pool_config(urls: dict[str, str], *, extra: dict[str, Any] | None = None,
+def pool_config(urls: dict[str, str], *,
+                extra: dict[str, Any] | None = None,
                 models: dict[str, dict[str, Any]] | None = None,
                 routes: dict[str, dict[str, Any]] | None = None,
                 timeouts: dict[str, float] | None = None) -> GatewayConfig:
@@ -22,7 +28,8 @@ def pool_config(urls: dict[str, str], *, extra: dict[str, Any] | None = None,
 
     ``urls`` maps provider name to the fake's base URL (without /v1).
     """
-    providers = {name: {"type": "openai", "base_url": url + "/v1", "api_key_env": None,
+    providers = {name: {"type": "openai", "base_url": url + "/v1",
+                        "api_key_env": "ROUTEGATE_TEST_PROVIDER_KEY",
                         "timeouts": timeouts or FAST_TIMEOUTS}
                  for name, url in urls.items()}
     first = next(iter(urls))
@@ -48,6 +55,19 @@ def pool_config(urls: dict[str, str], *, extra: dict[str, Any] | None = None,
     for key, value in (extra or {}).items():
         raw[key] = value
     return parse_config(raw)
+
+
+def answer_text(response: httpx.Response) -> str:
+    """The assistant text of a JSON or SSE chat-completions response."""
+    if not response.headers["content-type"].startswith("text/event-stream"):
+        return str(response.json()["choices"][0]["message"]["content"])
+    text = ""
+    for line in response.text.splitlines():
+        if line.startswith("data: {"):
+            event = json.loads(line[6:])
+            for choice in event.get("choices", []):
+                text += choice.get("delta", {}).get("content") or ""
+    return text
 
 
 @contextmanager

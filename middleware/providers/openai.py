@@ -38,7 +38,9 @@ _POLICY_CODES = frozenset({"content_policy_violation", "content_filter", "modera
 class OpenAIAdapter:
     def __init__(self, provider: ProviderConfig, api_key: str | None) -> None:
         self._url = provider.base_url.rstrip("/") + "/chat/completions"
-        headers = {"content-type": "application/json", **provider.headers}
+        # identity: stream bytes are relayed raw, so they must not arrive compressed
+        headers = {"content-type": "application/json", "accept-encoding": "identity",
+                   **provider.headers}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         self._headers = headers
@@ -110,6 +112,8 @@ class OpenAIStreamTranslator:
 
     @property
     def started(self) -> bool:
+        """An event with content (text, tool call, finish) has arrived. Role-only preambles
+        do not count, so a provider that dies right after its preamble still falls back."""
         return self._events > 0
 
     def feed(self, data: bytes) -> bytes:
@@ -145,6 +149,8 @@ class OpenAIStreamTranslator:
             if self._events == 0:
                 raise MalformedUpstream(f"invalid first stream event: {exc}") from exc
             return event  # mid-stream oddities are the client's to see, not ours to hide
+        if self._events == 0 and not _has_content(chunk):
+            return event  # held by the relay with what follows until content arrives
         self._events += 1
         if chunk.model and not self.response_model:
             self.response_model = chunk.model
@@ -165,11 +171,31 @@ class OpenAIStreamTranslator:
         return b""
 
 
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: msgspec.Raw | None = None
+    function_call: msgspec.Raw | None = None
+
+
 class _Choice(msgspec.Struct):
     finish_reason: str | None = None
+    delta: _Delta | None = None
 
 
 _choice = msgspec.json.Decoder(_Choice)
+
+
+def _has_content(chunk: StreamChunk) -> bool:
+    if chunk.usage is not None:
+        return True
+    for raw in chunk.choices:
+        choice = _choice.decode(raw)
+        delta = choice.delta
+        if choice.finish_reason or (delta is not None and (
+                delta.content or delta.refusal or delta.tool_calls or delta.function_call)):
+            return True
+    return False
 
 
 def _finish_reasons(chunk: StreamChunk) -> list[str]:
