@@ -11,7 +11,7 @@ import time
 
 from routegate.sidecar.protocol import Classification, Complexity, Method
 
-__all__ = ["HeuristicClassifier", "heuristic_scores"]
+__all__ = ["HeuristicClassifier", "complexity_of", "heuristic_scores"]
 
 _CUES: dict[str, tuple[tuple[str, float], ...]] = {
     "code": (
@@ -72,6 +72,14 @@ def heuristic_scores(text: str, categories: tuple[str, ...]) -> dict[str, float]
     }
 
 
+def complexity_of(text: str, category: str) -> Complexity:
+    """Long requests, and mid-length reasoning or math, count as complex."""
+    words = len(text.split())
+    if words > 300 or (category in ("reasoning", "math") and words > 60):
+        return "complex"
+    return "simple"
+
+
 class HeuristicClassifier:
     """Implements the Classifier protocol with keyword cues only."""
 
@@ -92,12 +100,9 @@ class HeuristicClassifier:
             best, confidence = self._default, 0.3
         else:
             confidence = min(0.95, 0.5 + (best_score - runner_up) / (2 * best_score))
-        words = len(text.split())
-        long_form = words > 300 or (best in ("reasoning", "math") and words > 60)
-        complexity: Complexity = "complex" if long_form else "simple"
         return Classification(
             category=best,
-            complexity=complexity,
+            complexity=complexity_of(text, best),
             confidence=round(confidence, 3),
             method=self._method,
             latency_ms=(time.perf_counter() - started) * 1000.0,

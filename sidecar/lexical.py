@@ -1,0 +1,145 @@
+"""The fast stage: a linear model over hashed byte and word n-grams (well under 2 ms).
+
+Features are computed with numpy over the UTF-8 bytes of a head + tail window of the text
+(instructions often sit at the end, after a long passage), so the cost is bounded whatever
+the input length. Byte 3-5-grams cover words, morphology and CJK characters alike; word
+unigrams and bigrams and a few shape tokens (length bucket, first and last word) add the
+rest. Hashing (no vocabulary) keeps the shipped weights one small array.
+
+The weights are trained offline by ``bench/classify_train.py`` and shipped as
+``lexical.npz`` beside this module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "DEFAULT_LEXICAL_WEIGHTS",
+    "HASH_BITS",
+    "LexicalModel",
+    "featurize",
+    "softmax",
+    "text_window",
+]
+
+HASH_BITS = 18
+_MASK = np.uint64((1 << 64) - 1)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_PRIME = np.uint64(1000003)
+_SHIFT = np.uint64(64 - HASH_BITS)
+_WORD = re.compile(r"\w+")
+_WINDOW_CHARS = 600
+
+DEFAULT_LEXICAL_WEIGHTS = Path(__file__).with_name("lexical.npz")
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+def text_window(text: str, chars: int = _WINDOW_CHARS) -> str:
+    """Head and tail of a long text, joined by an ellipsis (the instruction is often last)."""
+    if len(text) <= 2 * chars:
+        return text
+    return text[:chars] + " … " + text[-chars:]
+
+
+def _byte_ngrams(data: npt.NDArray[np.uint64], n: int) -> npt.NDArray[np.uint64]:
+    count = data.shape[0] - n + 1
+    if count <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    acc = np.full(count, np.uint64(n), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            acc = acc * _PRIME + data[k : k + count]
+        return (acc * _MIX) >> _SHIFT
+
+
+def _token_hash(token: str) -> int:
+    return zlib.crc32(token.encode("utf-8")) & ((1 << HASH_BITS) - 1)
+
+
+def featurize(text: str) -> tuple[IntArray, FloatArray]:
+    """Hashed feature indices and L2-normalised log-count values for one text."""
+    window = text_window(text).lower()
+    data = np.frombuffer(window.encode("utf-8", "replace"), dtype=np.uint8).astype(np.uint64)
+    parts = [_byte_ngrams(data, n).astype(np.int64) for n in (3, 4, 5)]
+    words = _WORD.findall(window)
+    tokens = [f"w:{w}" for w in words]
+    tokens += [f"b:{a} {b}" for a, b in itertools.pairwise(words)]
+    stripped = text.strip()
+    tokens.append(f"len:{int(math.log2(len(stripped) + 1))}")
+    tokens.append(f"lines:{min(stripped.count(chr(10)), 8)}")
+    tokens.append(f"end:{stripped[-1:]}")
+    if words:
+        tokens.append(f"first:{words[0]}")
+        tokens.append(f"last:{words[-1]}")
+    parts.append(np.fromiter((_token_hash(t) for t in tokens), dtype=np.int64, count=len(tokens)))
+    all_idx = np.concatenate(parts)
+    idx, counts = np.unique(all_idx, return_counts=True)
+    val = (1.0 + np.log(counts)).astype(np.float32)
+    norm = float(np.sqrt(np.dot(val, val)))
+    if norm > 0.0:
+        val /= norm
+    return idx, val
+
+
+def softmax(logits: FloatArray) -> FloatArray:
+    shifted = logits - np.max(logits, axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    out: FloatArray = (exp / np.sum(exp, axis=-1, keepdims=True)).astype(np.float32)
+    return out
+
+
+@dataclass(frozen=True)
+class LexicalModel:
+    """Hashed n-gram softmax regression: ``weights`` is (2**HASH_BITS, C), ``bias`` is (C,)."""
+
+    categories: tuple[str, ...]
+    weights: npt.NDArray[np.float16]
+    bias: FloatArray
+    # Tuned with the weights (bench/classify_train.py): a top probability at or above
+    # accept_confidence is final; otherwise the model stage's probabilities are mixed with
+    # these raised to mix_weight.
+    accept_confidence: float = 0.9
+    mix_weight: float = 1.0
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_LEXICAL_WEIGHTS) -> LexicalModel:
+        with np.load(path, allow_pickle=False) as data:
+            categories = tuple(str(c) for c in data["categories"])
+            dense = np.zeros((1 << HASH_BITS, len(categories)), dtype=np.float16)
+            dense[data["rows"]] = data["values"]
+            return cls(
+                categories,
+                dense,
+                data["bias"].astype(np.float32),
+                accept_confidence=float(data["accept_confidence"]),
+                mix_weight=float(data["mix_weight"]),
+            )
+
+    def save(self, path: str | Path) -> None:
+        """Store only the rows that carry weight (most hash buckets stay empty)."""
+        rows = np.flatnonzero(np.any(self.weights != 0, axis=1)).astype(np.uint32)
+        np.savez_compressed(
+            path,
+            categories=np.array(self.categories),
+            rows=rows,
+            values=self.weights[rows],
+            bias=self.bias,
+            accept_confidence=np.array(self.accept_confidence),
+            mix_weight=np.array(self.mix_weight),
+        )
+
+    def predict_proba(self, text: str) -> FloatArray:
+        idx, val = featurize(text)
+        logits = val @ self.weights[idx].astype(np.float32) + self.bias
+        return softmax(logits)

@@ -1,0 +1,327 @@
+"""The sidecar process: one embedding model, serialized inference, a Unix socket.
+
+Run as ``python -m routegate.sidecar.server --socket PATH`` (or ``routegate sidecar``).
+It loads the model once, measures its cost per token, learns the routes (shipped defaults
+until a client sends ``Configure``), then listens. Ping is answered at once even while the
+model is busy (inference runs on one worker thread, the event loop stays free). Classify
+requests queue for the model; each carries its remaining budget, and a request whose budget
+cannot cover a useful input by the time the model is free is answered ``Expired`` instead of
+being computed for nobody.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from routegate.sidecar.embedder import Embedder
+from routegate.sidecar.protocol import (
+    ClassifyRequest,
+    ClassifyResult,
+    Configure,
+    Configured,
+    ErrorReply,
+    Expired,
+    FrameError,
+    Ping,
+    Pong,
+    Reply,
+    RouteSpec,
+    decode_request,
+    encode_frame,
+    read_frame,
+)
+from routegate.sidecar.routes import load_routes, route_specs
+from routegate.sidecar.semantic import DEFAULT_HEAD, EmbeddingHead, RouteIndex
+
+__all__ = ["SidecarServer", "build_parser", "main"]
+
+log = logging.getLogger("routegate.sidecar")
+
+_MIN_TOKENS = 8  # below this an embedding says too little to be worth the wait
+_MAX_BATCH = 8
+
+
+@dataclass
+class _Job:
+    request: ClassifyRequest
+    writer: asyncio.StreamWriter
+    received: float
+    deadline: float  # perf_counter seconds
+    tokens: int = 0
+    text: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class SidecarServer:
+    """Owns the embedder, the route index and the listening socket."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        socket_path: str | Path,
+        *,
+        head: EmbeddingHead | None = None,
+        routes: Sequence[RouteSpec] = (),
+        max_tokens: int = 128,
+        queue_limit: int = 64,
+    ) -> None:
+        self.embedder = embedder
+        self.socket_path = Path(socket_path)
+        self.head = head
+        self.max_tokens = max_tokens
+        self.queue_limit = queue_limit
+        self._initial_routes = tuple(routes) or route_specs()
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._model_lock = asyncio.Lock()
+        self._example_cache: dict[str, np.ndarray] = {}
+        self._index: RouteIndex | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return self._index.categories if self._index is not None else ()
+
+    # --- routes ---------------------------------------------------------------------------
+
+    def _build_index(self, routes: Sequence[RouteSpec]) -> RouteIndex:
+        """Embed every example (cached by text) and build the index. Worker thread only."""
+        categories = tuple(spec.name for spec in routes)
+        texts: list[str] = []
+        labels: list[int] = []
+        for label, spec in enumerate(routes):
+            for text in (*spec.examples, spec.description):
+                if text:
+                    texts.append(text)
+                    labels.append(label)
+        missing = [t for t in dict.fromkeys(texts) if t not in self._example_cache]
+        for start in range(0, len(missing), 16):
+            chunk = [self.embedder.fit(t, self.max_tokens)[0] for t in missing[start : start + 16]]
+            for text, vector in zip(missing[start : start + 16], self.embedder.embed(chunk),
+                                    strict=True):
+                self._example_cache[text] = vector
+        dim = self.embedder.dim
+        vectors = (
+            np.stack([self._example_cache[t] for t in texts])
+            if texts
+            else np.zeros((0, dim), dtype=np.float32)
+        )
+        return RouteIndex(
+            categories, vectors.astype(np.float32), np.asarray(labels, dtype=np.int64), self.head
+        )
+
+    async def configure(self, routes: Sequence[RouteSpec]) -> RouteIndex:
+        loop = asyncio.get_running_loop()
+        async with self._model_lock:
+            index = await loop.run_in_executor(self._executor, self._build_index, tuple(routes))
+        self._index = index
+        log.info("routes: %s (%d examples)", ", ".join(index.categories), len(index.labels))
+        return index
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        async with self._model_lock:
+            await loop.run_in_executor(self._executor, self.embedder.calibrate)
+        await self.configure(self._initial_routes)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # a stale socket from a crashed predecessor
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self._server = await asyncio.start_unix_server(self._handle, path=str(self.socket_path))
+        os.chmod(self.socket_path, 0o600)
+        self._worker = asyncio.create_task(self._work())
+        log.info(
+            "listening on %s: model %s, prefill %.0f tok/s (%.2f ms + %.3f ms/token)",
+            self.socket_path, self.embedder.name, self.embedder.prefill_tok_per_s,
+            self.embedder.overhead_ms, self.embedder.per_token_ms,
+        )
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for task in list(self._tasks):
+            task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _send(self, writer: asyncio.StreamWriter, reply: Reply) -> None:
+        if not writer.is_closing():
+            writer.write(encode_frame(reply))
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                body = await read_frame(reader)
+                request = decode_request(body)
+                now = time.perf_counter()
+                if isinstance(request, Ping):
+                    self._send(writer, Pong(
+                        id=request.id, pid=os.getpid(), model=self.embedder.name,
+                        categories=self.categories, queue_depth=self._queue.qsize(),
+                        prefill_tok_per_s=round(self.embedder.prefill_tok_per_s, 1),
+                    ))
+                elif isinstance(request, Configure):
+                    task = asyncio.create_task(self._configure_reply(request, writer))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                elif self._queue.qsize() >= self.queue_limit:
+                    self._send(writer, Expired(id=request.id, reason="queue full"))
+                else:
+                    deadline = now + request.budget_ms / 1000.0
+                    self._queue.put_nowait(_Job(request, writer, now, deadline))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except FrameError as exc:
+            log.warning("closing connection: %s", exc)
+        finally:
+            writer.close()
+
+    async def _configure_reply(self, request: Configure, writer: asyncio.StreamWriter) -> None:
+        try:
+            index = await self.configure(request.routes)
+        except (ValueError, RuntimeError) as exc:
+            self._send(writer, ErrorReply(id=request.id, message=str(exc)))
+            return
+        self._send(writer, Configured(
+            id=request.id, categories=index.categories, examples=len(index.labels)
+        ))
+
+    # --- the model worker -----------------------------------------------------------------------
+
+    def _token_allowance(self, job: _Job, now: float, batch_tokens: int) -> int:
+        remaining_ms = (job.deadline - now) * 1000.0 - 1.0  # reply and decode slack
+        spare = remaining_ms - self.embedder.estimate_ms(batch_tokens)
+        return min(self.max_tokens, int(spare / max(self.embedder.per_token_ms, 1e-3)))
+
+    def _run_batch(self, jobs: list[_Job]) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        vectors = self.embedder.embed([job.text for job in jobs])
+        index = self._index
+        assert index is not None
+        return index.predict_proba(vectors), (time.perf_counter() - started) * 1000.0
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            batch: list[_Job] = []
+            tokens = 0
+            candidates = [first]
+            while len(candidates) < _MAX_BATCH and not self._queue.empty():
+                candidates.append(self._queue.get_nowait())
+            now = time.perf_counter()
+            for job in candidates:
+                allowance = self._token_allowance(job, now, tokens)
+                if allowance < _MIN_TOKENS:
+                    self._send(job.writer, Expired(id=job.request.id, reason="budget"))
+                    continue
+                job.text, job.tokens = self.embedder.fit(job.request.text, allowance)
+                tokens += job.tokens
+                batch.append(job)
+            if not batch or self._index is None:
+                continue
+            async with self._model_lock:
+                categories = self._index.categories
+                try:
+                    probs, model_ms = await loop.run_in_executor(
+                        self._executor, self._run_batch, batch
+                    )
+                except (RuntimeError, ValueError) as exc:
+                    for job in batch:
+                        self._send(job.writer, ErrorReply(id=job.request.id, message=str(exc)))
+                    continue
+            for job, row in zip(batch, probs, strict=True):
+                self._send(job.writer, ClassifyResult(
+                    id=job.request.id,
+                    categories=categories,
+                    probs=tuple(round(float(p), 5) for p in row),
+                    tokens=job.tokens,
+                    model_ms=round(model_ms, 3),
+                    queue_ms=round((now - job.received) * 1000.0, 3),
+                ))
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="routegate sidecar", description=__doc__)
+    parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    parser.add_argument("--model", default="", help="GGUF path (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--gpu-layers", type=int, default=0)
+    parser.add_argument("--max-tokens", type=int, default=128,
+                        help="longest input embedded (head + tail of longer ones)")
+    parser.add_argument("--head", default="", help="trained head .npz ('none' to disable)")
+    parser.add_argument("--routes", default="",
+                        help="TOML file with [routes.NAME] tables (gateway.toml works)")
+    parser.add_argument("--log-level", default="info")
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from routegate.sidecar.convert import ensure_default_model
+
+    model = Path(args.model) if args.model else ensure_default_model()
+    head: EmbeddingHead | None = None
+    if args.head != "none":
+        head_path = Path(args.head) if args.head else DEFAULT_HEAD
+        if head_path.exists():
+            head = EmbeddingHead.load(head_path)
+    routes = route_specs(load_routes(args.routes)) if args.routes else route_specs()
+    embedder = Embedder(model, threads=args.threads, context=args.context,
+                        gpu_layers=args.gpu_layers)
+    if head is not None and (head.model != embedder.name or head.dim != embedder.dim):
+        log.info("trained head is for %s, model is %s: examples only", head.model, embedder.name)
+        head = None
+    server = SidecarServer(embedder, args.socket, head=head, routes=routes,
+                           max_tokens=args.max_tokens)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    print(f"routegate sidecar ready on {args.socket}", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=str(args.log_level).upper(), stream=sys.stderr,
+        format="%(asctime)s sidecar[%(process)d] %(levelname)s %(message)s",
+    )
+    return asyncio.run(_serve(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
