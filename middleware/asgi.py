@@ -13,6 +13,7 @@ from pathlib import Path
 
 from routegate.middleware.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from routegate.middleware.config import GatewayConfig, load_config, resolve_config_path
+from routegate.middleware.extensions import default_extensions
 from routegate.middleware.gateway import Gateway
 
 __all__ = ["RouterMiddleware"]
@@ -25,8 +26,9 @@ class RouterMiddleware:
                  config_path: str | Path | None = None, gateway: Gateway | None = None) -> None:
         self.app = app
         if gateway is None:
-            gateway = Gateway(config or load_config(resolve_config_path(
-                None if config_path is None else str(config_path))))
+            config = config or load_config(resolve_config_path(
+                None if config_path is None else str(config_path)))
+            gateway = Gateway(config, extensions=default_extensions(config))
         self.gateway = gateway
         self._started = False
         self._start_lock = asyncio.Lock()

@@ -11,7 +11,8 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import httpx
 import msgspec
@@ -29,7 +30,7 @@ from routegate.middleware.wire.openai import ChatRequest, message_text
 from routegate.sidecar.heuristic import HeuristicClassifier
 from routegate.sidecar.protocol import Classification, Classifier
 
-__all__ = ["Gateway"]
+__all__ = ["Endpoint", "Extension", "Gateway"]
 
 log = logging.getLogger("routegate")
 
@@ -39,11 +40,25 @@ _json = msgspec.json.Encoder()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+# An endpoint answers one request; GatewayError it raises becomes an OpenAI-style error.
+Endpoint = Callable[[Scope, RequestContext, Receive, Send], Awaitable[RequestOutcome]]
+
+
+class Extension(Protocol):
+    """A feature that lives beside the core (telemetry, admin, other ingress formats): it is
+    started after the pool is built and may add endpoints and observers in ``start``."""
+
+    async def start(self, gateway: Gateway) -> None: ...
+    async def stop(self) -> None: ...
+
+
 class Gateway:
-    """Serves ``{prefix}/chat/completions`` and ``{prefix}/models`` for one config."""
+    """Serves ``{prefix}/chat/completions`` and ``{prefix}/models`` (plus whatever extensions
+    add) for one config."""
 
     def __init__(self, config: GatewayConfig, *, classifier: Classifier | None = None,
                  observers: Observers | None = None,
+                 extensions: list[Extension] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  environ: Callable[[str], str | None] = os.environ.get) -> None:
         self.config = config
@@ -59,8 +74,12 @@ class Gateway:
         self.available: frozenset[str] = frozenset()
         self.skipped_providers: dict[str, str] = {}
         self._models_body = b""
-        self._chat_path = config.server.prefix + "/chat/completions"
-        self._models_path = config.server.prefix + "/models"
+        self.extensions = list(extensions or [])
+        self.endpoints: dict[str, Endpoint] = {
+            config.server.prefix + "/chat/completions": self._chat,
+            config.server.prefix + "/models": self._list_models,
+        }
+        self.prefix_endpoints: list[tuple[str, Endpoint]] = []  # e.g. ("/admin", handler)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -103,10 +122,14 @@ class Gateway:
         self._models_body = _json.encode({"object": "list", "data": [
             {"id": name, "object": "model", "created": 0, "owned_by": model.provider}
             for name, model in config.models.items() if name in self.available]})
+        for extension in self.extensions:
+            await extension.start(self)
         log.info("routegate ready: %d of %d pool models available", len(self.available),
                  len(config.models))
 
     async def stop(self) -> None:
+        for extension in reversed(self.extensions):
+            await extension.stop()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -120,7 +143,15 @@ class Gateway:
             self.local is None or self.local.alive)
 
     def handles(self, path: str) -> bool:
-        return path == self._chat_path or path == self._models_path
+        return self._endpoint(path) is not None
+
+    def _endpoint(self, path: str) -> Endpoint | None:
+        endpoint = self.endpoints.get(path)
+        if endpoint is None:
+            for prefix, handler in self.prefix_endpoints:
+                if path == prefix or path.startswith(prefix + "/"):
+                    return handler
+        return endpoint
 
     # -- requests --------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -132,11 +163,10 @@ class Gateway:
             path=path, headers=headers, started_at=time.perf_counter())
         if self.observers:
             self.observers.on_request(ctx)
+        endpoint = self._endpoint(path)
+        assert endpoint is not None, "RouterMiddleware only calls the gateway for its paths"
         try:
-            if path == self._models_path:
-                outcome = await self._list_models(scope, ctx, send)
-            else:
-                outcome = await self._chat(scope, ctx, receive, send)
+            outcome = await endpoint(scope, ctx, receive, send)
         except GatewayError as exc:
             outcome = RequestOutcome(exc.status, "client_error" if exc.status < 500 else "error",
                                      error_type=exc.code or exc.type)
@@ -144,7 +174,8 @@ class Gateway:
         if self.observers:
             self.observers.on_request_end(ctx, outcome)
 
-    async def _list_models(self, scope: Scope, ctx: RequestContext, send: Send) -> RequestOutcome:
+    async def _list_models(self, scope: Scope, ctx: RequestContext, receive: Receive,
+                           send: Send) -> RequestOutcome:
         if scope["method"] != "GET":
             raise GatewayError("Use GET for this endpoint", status=405, code="method_not_allowed")
         await _respond(send, 200, self._models_body, ctx)
@@ -152,11 +183,20 @@ class Gateway:
 
     async def _chat(self, scope: Scope, ctx: RequestContext, receive: Receive,
                     send: Send) -> RequestOutcome:
+        request = await self.read_chat_request(scope, receive)
+        return await self.serve_chat(ctx, request, send, receive)
+
+    async def read_chat_request(self, scope: Scope, receive: Receive) -> ClientRequest:
+        """Read and validate an OpenAI-format chat request (400/405/413 on bad input)."""
         if scope["method"] != "POST":
             raise GatewayError("Use POST for this endpoint", status=405, code="method_not_allowed")
+        return _decode_request(await _read_body(receive, self.config.server.max_body_bytes))
+
+    async def serve_chat(self, ctx: RequestContext, request: ClientRequest, send: Send,
+                         receive: Receive) -> RequestOutcome:
+        """Classify (for ``auto``), plan and relay one OpenAI-format request; the answer goes
+        to ``send`` in OpenAI format (other ingress formats wrap ``send`` to translate)."""
         assert self._relay is not None, "Gateway.start() was not awaited"
-        body = await _read_body(receive, self.config.server.max_body_bytes)
-        request = _decode_request(body)
         ctx.requested_model, ctx.stream = request.chat.model, request.stream
         classification: Classification | None = None
         if request.chat.model in AUTO_MODELS:

@@ -1,0 +1,13 @@
+"""Which extensions a config switches on, in start order (one line per feature)."""
+
+from __future__ import annotations
+
+from routegate.middleware.config import GatewayConfig
+from routegate.middleware.gateway import Extension
+
+__all__ = ["default_extensions"]
+
+
+def default_extensions(config: GatewayConfig) -> list[Extension]:
+    extensions: list[Extension] = []
+    return extensions
