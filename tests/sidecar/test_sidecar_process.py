@@ -1,0 +1,160 @@
+"""The real sidecar process with the real default model (all-MiniLM-L6-v2 via llama.cpp).
+
+No timing asserts: "slow" and "down" are made deterministic with SIGSTOP and SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from routegate.middleware.config import load_config
+from routegate.sidecar.client import SidecarClassifier
+from routegate.sidecar.convert import ensure_default_model
+from routegate.sidecar.protocol import (
+    ClassifyRequest,
+    ClassifyResult,
+    Configure,
+    Configured,
+    Expired,
+    Ping,
+    Pong,
+    RouteSpec,
+    decode_reply,
+    encode_frame,
+    read_frame,
+)
+from routegate.sidecar.routes import route_specs
+from routegate.sidecar.supervisor import SidecarSupervisor
+
+MODEL = str(ensure_default_model())
+
+
+@pytest.fixture
+async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarSupervisor]:
+    supervisor = SidecarSupervisor(tmp_path / "s.sock", model_path=MODEL, threads=1,
+                                   backoff_initial_s=0.05)
+    assert await supervisor.start()
+    yield supervisor
+    await supervisor.stop()
+
+
+async def _client(supervisor: SidecarSupervisor, **kwargs: object) -> SidecarClassifier:
+    client = SidecarClassifier(supervisor.socket_path, **kwargs)  # type: ignore[arg-type]
+    await client.start()
+    assert await client.wait_ready(60.0)
+    return client
+
+
+async def test_protocol_round_trips(sidecar: SidecarSupervisor) -> None:
+    reader, writer = await asyncio.open_unix_connection(str(sidecar.socket_path))
+    try:
+        writer.write(encode_frame(Ping(id=1)))
+        pong = decode_reply(await read_frame(reader))
+        assert isinstance(pong, Pong) and pong.id == 1 and pong.pid == sidecar.pid
+        assert "translation" in pong.categories and pong.model == "all-MiniLM-L6-v2"
+
+        writer.write(encode_frame(ClassifyRequest(
+            id=2, text="how do you say hotel in finnish", budget_ms=10_000)))
+        result = decode_reply(await read_frame(reader))
+        assert isinstance(result, ClassifyResult) and result.id == 2
+        assert abs(sum(result.probs) - 1.0) < 1e-3 and result.tokens > 0
+        assert result.categories[result.probs.index(max(result.probs))] == "translation"
+
+        # A budget too small for any useful input is refused, not computed for nobody.
+        writer.write(encode_frame(ClassifyRequest(id=3, text="hello", budget_ms=0.01)))
+        expired = decode_reply(await read_frame(reader))
+        assert isinstance(expired, Expired) and expired.id == 3
+
+        routes = (RouteSpec(name="yes", examples=("yes please",)),
+                  RouteSpec(name="no", examples=("no thanks",)))
+        writer.write(encode_frame(Configure(id=4, routes=routes)))
+        configured = decode_reply(await read_frame(reader))
+        assert isinstance(configured, Configured) and configured.categories == ("yes", "no")
+    finally:
+        writer.close()
+
+
+async def test_model_stage_answers(sidecar: SidecarSupervisor) -> None:
+    client = await _client(sidecar, use_lexical=False, budget_ms=10_000)
+    try:
+        answer = await client.classify("how do you say hotel in finnish")
+        assert (answer.category, answer.method) == ("translation", "model")
+        again = await client.classify("how do you say hotel in finnish")
+        assert (again.category, again.method) == ("translation", "cache")
+    finally:
+        await client.close()
+
+
+async def test_budget_expiry_falls_back(sidecar: SidecarSupervisor) -> None:
+    client = await _client(sidecar, use_lexical=False, budget_ms=200.0)
+    pid = sidecar.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # a sidecar that never answers in time
+    try:
+        answer = await client.classify("Write a poem about the sea")
+        assert answer.method == "fallback"
+        assert answer.category == "creative_writing"  # the heuristic fallback still routes
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await client.close()
+
+
+async def test_crash_restart_and_answers_while_down(sidecar: SidecarSupervisor) -> None:
+    client = await _client(sidecar, budget_ms=10_000, accept_confidence=1.01)
+    try:
+        first_pid = sidecar.pid
+        assert (await client.classify("Translate 'good night' into Italian")).method == "model"
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        # While it is down (or before the client noticed), classification still answers.
+        answer = await client.classify("Summarize the following article in two sentences.")
+        assert answer.method in ("fallback", "model")
+        assert answer.category == "summarization"
+        assert await sidecar.wait_restarted(first_pid, timeout_s=60.0)
+        assert sidecar.restarts >= 1 and sidecar.alive
+        assert await client.wait_ready(60.0)
+        after = await client.classify("Write a limerick about a dog who loves snow")
+        assert (after.category, after.method) == ("creative_writing", "model")
+    finally:
+        await client.close()
+
+
+async def test_route_added_in_config_changes_classification(
+    sidecar: SidecarSupervisor, tmp_path: Path
+) -> None:
+    billing = [
+        "I was charged twice for my subscription this month",
+        "How do I get a refund for last month's invoice?",
+        "Please update the credit card on my account for payments",
+    ]
+    categories = ["code", "math", "reasoning", "creative_writing", "summarization",
+                  "translation", "extraction", "classification", "factual_qa", "chat"]
+    base = "".join(f"[routes.{name}]\n" for name in categories)
+    added = base + (
+        '[routes.billing]\ndescription = "Payments, invoices, refunds and charges"\n'
+        f"examples = {json.dumps(billing)}\n"
+    )
+    before_cfg, after_cfg = tmp_path / "before.toml", tmp_path / "after.toml"
+    before_cfg.write_text(base)
+    after_cfg.write_text(added)
+
+    results: dict[str, list[str]] = {}
+    for name, path in (("before", before_cfg), ("after", after_cfg)):
+        config = load_config(path)
+        client = await _client(
+            sidecar, budget_ms=10_000, categories=config.categories,
+            routes=route_specs(config.routes, config.categories),
+        )
+        try:
+            results[name] = [(await client.classify(text)).category for text in billing]
+        finally:
+            await client.close()
+    assert "billing" not in results["before"]
+    assert results["after"] == ["billing"] * len(billing)
