@@ -1,0 +1,1 @@
+"""Benchmarks for routegate, and the fake providers they share with the tests."""
