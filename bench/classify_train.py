@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.classify_split import is_held_back
 from routegate.sidecar.lexical import HASH_BITS, LexicalModel, featurize, softmax
 from routegate.sidecar.routes import default_routes
 from routegate.sidecar.semantic import EmbeddingHead, RouteIndex, mix_known
@@ -144,9 +147,9 @@ def train_sparse(data: SparseSet, y: npt.NDArray[np.int64], n: int, l2: float = 
 
 def embed_all(texts: list[str], model: Path, cache: Path, threads: int) -> F:
     if cache.exists():
-        cached = np.load(cache)
+        cached: F = np.load(cache).astype(np.float32)
         if cached.shape[0] == len(texts):
-            return cached.astype(np.float32)
+            return cached
     from routegate.sidecar.embedder import Embedder
 
     embedder = Embedder(model, threads=threads)
@@ -200,7 +203,13 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/classify_dev.jsonl"))
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--write", action="store_true", help="write the shipped weights")
+    parser.add_argument("--write", action="store_true",
+                        help="write the shipped weights (trained on the non-held-back rows)")
+    parser.add_argument("--eval", default="random,source", help="splits to evaluate")
+    parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument("--knn-weight", type=float, default=0.25)
+    parser.add_argument("--lexical-weight", type=float, default=1.5)
+    parser.add_argument("--accept", type=float, default=0.8)
     parser.add_argument("--drop-nc", action="store_true",
                         help="train shipped weights without non-commercial sources")
     args = parser.parse_args()
@@ -215,20 +224,14 @@ def main() -> int:
     ex_vec, ex_lab = example_index(model, args.threads)
     sparse = SparseSet(texts)
 
-    rng = np.random.default_rng(0)
-    random_fold = np.zeros(len(rows), dtype=np.int64)
-    for c in range(n):
-        members = np.flatnonzero(y == c)
-        rng.shuffle(members)
-        random_fold[members[: len(members) // 5]] = 1
-    splits = {
-        "random 80/20": [(np.flatnonzero(random_fold == 0), np.flatnonzero(random_fold == 1))],
-        "source-held-out (5 folds)": [],
-    }
-    folds = source_folds(rows)
-    for f in range(5):
-        splits["source-held-out (5 folds)"].append(
-            (np.flatnonzero(folds != f), np.flatnonzero(folds == f)))
+    held = np.array([is_held_back(r["id"]) for r in rows])
+    splits: dict[str, list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]] = {}
+    if "random" in args.eval:
+        splits["held-back 20% (random by id)"] = [(np.flatnonzero(~held), np.flatnonzero(held))]
+    if "source" in args.eval:
+        folds = source_folds(rows)
+        splits["source-held-out (5 folds)"] = [
+            (np.flatnonzero(folds != f), np.flatnonzero(folds == f)) for f in range(5)]
 
     temps = (0.02, 0.05, 0.1)
     results: dict[str, dict[str, float]] = {}
@@ -287,18 +290,20 @@ def main() -> int:
         results[split_name] = {"best": score, "temp": temp, "kw": kw, "beta": beta}
 
     if args.write:
-        chosen = results["source-held-out (5 folds)"]
-        keep = np.array([i for i, r in enumerate(rows)
-                         if not (args.drop_nc and r["source"] in NC_SOURCES)], dtype=np.int64)
+        keep = np.array([i for i, r in enumerate(rows) if not held[i]
+                         and not (args.drop_nc and r["source"] in NC_SOURCES)], dtype=np.int64)
         w, b = train_sparse(sparse.subset(keep), y[keep], n)
         w[np.abs(w) < 1e-3] = 0.0
-        LexicalModel(CATEGORIES, w.astype(np.float16), b).save(
-            Path(__file__).resolve().parents[1] / "sidecar" / "lexical.npz")
+        sidecar = Path(__file__).resolve().parents[1] / "sidecar"
+        LexicalModel(CATEGORIES, w.astype(np.float16), b, accept_confidence=args.accept,
+                     mix_weight=args.lexical_weight).save(sidecar / "lexical.npz")
         hw, hb = train_dense(emb[keep], y[keep], n)
         EmbeddingHead(CATEGORIES, hw, hb, model="all-MiniLM-L6-v2",
-                      knn_weight=float(chosen["kw"]), temperature=float(chosen["temp"])).save(
-            Path(__file__).resolve().parents[1] / "sidecar" / "embed_head.npz")
-        print(f"wrote weights trained on {keep.shape[0]} rows; mixing: {chosen}")
+                      knn_weight=args.knn_weight, temperature=args.temperature).save(
+            sidecar / "embed_head.npz")
+        print(f"wrote weights trained on {keep.shape[0]} rows (T={args.temperature}, "
+              f"knn weight {args.knn_weight}, lexical weight {args.lexical_weight}, "
+              f"accept {args.accept})")
     return 0
 
 

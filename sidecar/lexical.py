@@ -12,6 +12,7 @@ The weights are trained offline by ``bench/classify_train.py`` and shipped as
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -63,6 +64,7 @@ def _byte_ngrams(data: npt.NDArray[np.uint64], n: int) -> npt.NDArray[np.uint64]
         return (acc * _MIX) >> _SHIFT
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _token_hash(token: str) -> int:
     return zlib.crc32(token.encode("utf-8")) & ((1 << HASH_BITS) - 1)
 

@@ -15,6 +15,8 @@ from routegate.sidecar.protocol import (
     FrameError,
     Ping,
     Pong,
+    Reply,
+    Request,
     RouteSpec,
     decode_reply,
     decode_request,
@@ -31,7 +33,7 @@ async def _through_stream(frame: bytes) -> bytes:
 
 
 async def test_requests_round_trip_through_frames() -> None:
-    messages = [
+    messages: list[Request] = [
         Ping(id=1),
         ClassifyRequest(id=2, text="héllo 世界", budget_ms=41.5),
         Configure(id=3, routes=(RouteSpec(name="billing", description="d", examples=("a",)),)),
@@ -41,7 +43,7 @@ async def test_requests_round_trip_through_frames() -> None:
 
 
 async def test_replies_round_trip_through_frames() -> None:
-    messages = [
+    messages: list[Reply] = [
         Pong(id=1, pid=7, model="m", categories=("a", "b"), queue_depth=0,
              prefill_tok_per_s=1000.0),
         ClassifyResult(id=2, categories=("a", "b"), probs=(0.25, 0.75), tokens=9, model_ms=3.0,

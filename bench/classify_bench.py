@@ -1,0 +1,174 @@
+"""Classifier benchmark: accuracy on the held-back split, latency, load, memory, prefill.
+
+    .venv/bin/python bench/classify_bench.py [--data ../shared/data/classify_dev.jsonl]
+        [--rate 200] [--seconds 10] [--threads 1] [--json]
+
+Starts the real sidecar (default model) under the supervisor, then measures, as the gateway
+sees it (time around ``await classifier.classify(text)``):
+
+1. the held-back split (``bench/classify_split.py``; the shipped weights never saw it),
+   one request at a time, cache cold: lexical stage alone vs. the full cascade, and the
+   model stage forced for every request (what the model adds);
+2. open-loop load at ``--rate`` requests/s for ``--seconds`` of mixed traffic (every dev
+   row once, shuffled: no cache hits), with the share of requests per stage;
+3. the sidecar's resident memory (VmRSS / VmHWM from /proc) and its measured prefill speed.
+
+The last line is one JSON object with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.classify_split import DEFAULT_DEV, is_held_back, load_dev
+from routegate.sidecar.cli import evaluate
+from routegate.sidecar.client import SidecarClassifier
+from routegate.sidecar.supervisor import SidecarSupervisor, ping
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 3)
+
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(ordered[-1], 3)}
+
+
+def _memory(pid: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = round(int(value.split()[0]) / 1024.0, 1)
+    return out
+
+
+async def _load(classifier: SidecarClassifier, texts: list[str], rate: float,
+                seconds: float) -> dict[str, Any]:
+    """Open loop: request i starts at i / rate whatever happened to earlier ones."""
+    count = int(rate * seconds)
+    latencies: list[float] = []
+    methods: dict[str, int] = {}
+    late: list[float] = []
+    start = time.perf_counter() + 0.05
+
+    async def one(i: int) -> None:
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        late.append(max(0.0, (time.perf_counter() - due) * 1000.0))
+        begin = time.perf_counter()
+        answer = await classifier.classify(texts[i % len(texts)])
+        latencies.append((time.perf_counter() - begin) * 1000.0)
+        methods[answer.method] = methods.get(answer.method, 0) + 1
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    elapsed = time.perf_counter() - start
+    return {
+        "requests": count,
+        "achieved_rps": round(count / elapsed, 1),
+        "latency_ms": _percentiles(latencies),
+        "start_lag_ms": _percentiles(late),
+        "methods": methods,
+        "model_share": round(methods.get("model", 0) / count, 3),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    rows = load_dev(args.data)
+    held = [r for r in rows if is_held_back(r["id"])]
+    if args.english_only:
+        held = [r for r in held if not r["source"].startswith("belle_zh")]
+    results: dict[str, Any] = {"held_back_rows": len(held)}
+
+    lexical_only = SidecarClassifier("/nonexistent", budget_ms=args.budget_ms)
+    report = await evaluate(lexical_only, held, progress=True)
+    results["lexical_only"] = {k: report[k] for k in ("accuracy", "macro_f1", "latency_ms")}
+
+    with tempfile.TemporaryDirectory(prefix="routegate-bench-") as tmp:
+        socket = str(Path(tmp) / "sidecar.sock")
+        supervisor = SidecarSupervisor(socket, threads=args.threads, model_path=args.model)
+        if not await supervisor.start():
+            raise SystemExit("the sidecar did not start")
+        try:
+            pong = await ping(socket)
+            assert pong is not None and supervisor.pid is not None
+            results["model"] = pong.model
+            results["prefill_tok_per_s"] = pong.prefill_tok_per_s
+
+            cascade = SidecarClassifier(socket, budget_ms=args.budget_ms)
+            await cascade.start()
+            await cascade.wait_ready()
+            report = await evaluate(cascade, held, progress=True)
+            results["cascade"] = {k: report[k] for k in
+                                  ("accuracy", "macro_f1", "latency_ms", "methods", "recall")}
+            results["cascade"]["model_share"] = round(
+                report["methods"].get("model", 0) / len(held), 3)
+            await cascade.close()
+
+            forced = SidecarClassifier(socket, budget_ms=args.budget_ms, accept_confidence=1.01)
+            await forced.start()
+            await forced.wait_ready()
+            report = await evaluate(forced, held, progress=True)
+            results["model_every_request"] = {k: report[k] for k in
+                                              ("accuracy", "macro_f1", "latency_ms", "methods")}
+            await forced.close()
+
+            texts = [r["prompt"] for r in rows]
+            random.Random(0).shuffle(texts)
+            loaded = SidecarClassifier(socket, budget_ms=args.budget_ms)
+            await loaded.start()
+            await loaded.wait_ready()
+            results["load"] = await _load(loaded, texts, args.rate, args.seconds)
+            await loaded.close()
+            results["sidecar_memory_mb"] = _memory(supervisor.pid)
+        finally:
+            await supervisor.stop()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DEV)
+    parser.add_argument("--model", default="")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--budget-ms", type=float, default=50.0)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--english-only", action="store_true")
+    parser.add_argument("--json", action="store_true", help="only the JSON line")
+    args = parser.parse_args()
+    results = asyncio.run(run(args))
+    if not args.json:
+        print(f"held-back rows: {results['held_back_rows']}  model: {results['model']}  "
+              f"prefill {results['prefill_tok_per_s']:.0f} tok/s")
+        for name in ("lexical_only", "cascade", "model_every_request"):
+            r = results[name]
+            lat = r["latency_ms"]
+            print(f"{name:20s} macro-F1 {r['macro_f1']:.3f}  accuracy {r['accuracy']:.3f}  "
+                  f"latency p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  "
+                  f"{r.get('methods', '')}")
+        load = results["load"]
+        print(f"load {load['achieved_rps']} req/s: latency {load['latency_ms']}  "
+              f"model share {load['model_share']}  methods {load['methods']}")
+        print(f"sidecar memory (MB): {results['sidecar_memory_mb']}")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
