@@ -102,10 +102,16 @@ class Gateway:
                 log.info("provider %s skipped: %s is not set", name, provider.api_key_env)
                 continue
             base_urls[name], keys[name] = provider.base_url, key
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=256,
+                              keepalive_expiry=30.0)
+        transport = self._transport
+        if transport is None and config.server.upstream_transport == "aiohttp":
+            from httpx_aiohttp import AiohttpTransport
+
+            transport = AiohttpTransport(limits=limits)
         self._client = httpx.AsyncClient(
-            transport=self._transport,
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=256,
-                                keepalive_expiry=30.0),
+            transport=transport,
+            limits=limits,
             timeout=httpx.Timeout(300.0, connect=5.0),
             follow_redirects=False,
         )
