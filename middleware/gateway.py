@@ -177,6 +177,12 @@ class Gateway:
             outcome = RequestOutcome(exc.status, "client_error" if exc.status < 500 else "error",
                                      error_type=exc.code or exc.type)
             await self._send_error(ctx, exc, send)
+        except Exception:  # a bug must still answer in the API's error shape, not a traceback
+            log.exception("request %s failed unexpectedly", ctx.request_id)
+            internal = GatewayError("The gateway failed to handle this request; see its logs "
+                                    f"for request id {ctx.request_id}", code="internal_error")
+            outcome = RequestOutcome(500, "error", error_type="internal_error")
+            await self._send_error(ctx, internal, send)
         if self.observers:
             self.observers.on_request_end(ctx, outcome)
 

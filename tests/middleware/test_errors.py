@@ -6,8 +6,11 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.responses import PlainTextResponse
 
-from bench.fakes import FakeProvider
+from bench.fakes import FakeProvider, serve_in_thread
+from routegate.middleware import Gateway, RouterMiddleware
+from routegate.sidecar.protocol import Classification
 from tests.conftest import pool_config, running_gateway
 
 
@@ -78,3 +81,27 @@ def test_provider_without_key_is_skipped_not_fatal(fake_openai: tuple[FakeProvid
             "model": "auto", "messages": [{"role": "user", "content": "hello"}]})
     assert ready["skipped_providers"] == {"keyless": "ROUTEGATE_TEST_UNSET_KEY_VARIABLE is not set"}
     assert response.status_code == 200 and response.headers["x-routegate-model"] == "mid"
+
+
+class ExplodingClassifier:
+    """A third-party classifier that breaks its contract by raising."""
+
+    async def classify(self, text: str) -> Classification:
+        raise RuntimeError("classifier exploded with secret detail")
+
+
+def test_unexpected_failure_is_a_json_500_without_internals(
+        fake_openai: tuple[FakeProvider, str]) -> None:
+    _, fake_url = fake_openai
+    config = pool_config({"f": fake_url})
+    app = RouterMiddleware(PlainTextResponse("host"),
+                           gateway=Gateway(config, classifier=ExplodingClassifier()))
+    with serve_in_thread(app, lifespan="off") as url:
+        response = httpx.post(url + "/v1/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": "hi"}]})
+        still_serving = httpx.post(url + "/v1/chat/completions", json={
+            "model": "cheap", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "secret detail" not in response.text and "Traceback" not in response.text
+    assert still_serving.status_code == 200
