@@ -26,6 +26,7 @@ from routegate.middleware.providers import build_adapter
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.relay import PoolModel, Relay
 from routegate.middleware.routing import AUTO_MODELS, plan_route
+from routegate.middleware.transport import FastTransport
 from routegate.middleware.wire.openai import ChatRequest, message_text
 from routegate.sidecar.heuristic import HeuristicClassifier
 from routegate.sidecar.protocol import Classification, Classifier
@@ -105,7 +106,9 @@ class Gateway:
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=256,
                               keepalive_expiry=30.0)
         transport = self._transport
-        if transport is None and config.server.upstream_transport == "aiohttp":
+        if transport is None and config.server.upstream_transport == "fast":
+            transport = FastTransport(limits=limits)
+        elif transport is None and config.server.upstream_transport == "aiohttp":
             from httpx_aiohttp import AiohttpTransport
 
             transport = AiohttpTransport(limits=limits)
@@ -125,9 +128,11 @@ class Gateway:
         }
         self.available = frozenset(self.pool)
         self._relay = Relay(config, self._client, self.pool, self.observers)
+        # "auto" first: the model name that asks the gateway to classify and route
         self._models_body = _json.encode({"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": model.provider}
-            for name, model in config.models.items() if name in self.available]})
+            {"id": "auto", "object": "model", "created": 0, "owned_by": "routegate"},
+            *({"id": name, "object": "model", "created": 0, "owned_by": model.provider}
+              for name, model in config.models.items() if name in self.available)]})
         for extension in self.extensions:
             await extension.start(self)
         log.info("routegate ready: %d of %d pool models available", len(self.available),

@@ -82,7 +82,7 @@ def test_auto_model_is_classified_and_routed(gateway: tuple[FakeProvider, str]) 
 def test_models_endpoint_lists_available_pool_models(gateway: tuple[FakeProvider, str]) -> None:
     _, url = gateway
     client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
-    assert sorted(model.id for model in client.models.list()) == ["big", "cheap", "mid"]
+    assert [model.id for model in client.models.list()] == ["auto", "cheap", "mid", "big"]
 
 
 def test_incoming_request_id_is_kept(gateway: tuple[FakeProvider, str]) -> None:
