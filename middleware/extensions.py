@@ -10,4 +10,6 @@ __all__ = ["default_extensions"]
 
 def default_extensions(config: GatewayConfig) -> list[Extension]:
     extensions: list[Extension] = []
+    from routegate.otel import TelemetryExtension  # off (no observer) unless an endpoint is set
+    extensions.append(TelemetryExtension(config.telemetry))
     return extensions

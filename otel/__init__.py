@@ -1,1 +1,13 @@
-"""routegate.otel: OpenTelemetry tracing and metrics for the gateway."""
+"""routegate.otel: OpenTelemetry tracing and metrics for the gateway.
+
+Nothing here configures anything at import: :class:`TelemetryExtension` does it when the
+gateway starts (``default_extensions`` adds it for ``[telemetry]``).
+"""
+
+__version__ = "0.1.0"
+
+from routegate.otel.extension import TelemetryExtension
+from routegate.otel.observer import TelemetryObserver
+from routegate.otel.setup import Telemetry, setup_telemetry
+
+__all__ = ["Telemetry", "TelemetryExtension", "TelemetryObserver", "__version__", "setup_telemetry"]

@@ -1,0 +1,310 @@
+"""The telemetry observer: spans and metrics from the relay's fixed observation points.
+
+One request becomes one trace fragment::
+
+    SERVER  chat {requested model}         arrival .. last byte; joins the caller's traceparent
+      ├─ INTERNAL routegate.classify       only for ``auto`` (times from the classifier call)
+      ├─ CLIENT   chat {upstream model}    attempt 1 (failed: error.type, status ERROR)
+      └─ CLIENT   chat {upstream model}    attempt 2, a fallback; ends when its stream ends
+
+The relay records times with ``time.perf_counter()``; they become epoch nanoseconds through
+one offset taken when the observer is built, so every span of a trace is on the same clock.
+Privacy: request and answer text go on spans only with ``capture_content``; headers are
+never copied (the upstream request carries the provider key, so only ``traceparent`` is
+written to it and nothing is read from it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
+from routegate.otel import attributes as a
+
+__all__ = ["TelemetryObserver"]
+
+_STATE_KEY = "routegate.otel"
+_propagator = TraceContextTextMapPropagator()
+
+
+class _RequestSpans:
+    __slots__ = ("attempts", "context", "server")
+
+    def __init__(self, server: trace.Span, context: Context) -> None:
+        self.server = server
+        self.context = context  # the server span as parent of the child spans
+        self.attempts: dict[int, trace.Span] = {}
+
+
+class TelemetryObserver:
+    """An :class:`~routegate.middleware.observe.Observer` that emits GenAI spans and metrics."""
+
+    def __init__(self, tracer: trace.Tracer, meter: metrics.Meter, *,
+                 capture_content: bool = False) -> None:
+        self._tracer = tracer
+        self._capture_content = capture_content
+        # perf_counter seconds -> epoch ns; one offset so spans of a trace share a clock.
+        self._offset_ns = time.time_ns() - time.perf_counter_ns()
+        spec = a.METRICS
+        self._token_usage = self._histogram(meter, spec[a.METRIC_TOKEN_USAGE])
+        self._operation_duration = self._histogram(meter, spec[a.METRIC_OPERATION_DURATION])
+        self._time_to_first_chunk = self._histogram(meter, spec[a.METRIC_TIME_TO_FIRST_CHUNK])
+        self._request_duration = self._histogram(meter, spec[a.METRIC_REQUEST_DURATION])
+        self._request_ttft = self._histogram(meter, spec[a.METRIC_REQUEST_TTFT])
+        self._classifier_duration = self._histogram(meter, spec[a.METRIC_CLASSIFIER_DURATION])
+        requests, cost = spec[a.METRIC_REQUESTS], spec[a.METRIC_COST]
+        self._requests = meter.create_counter(requests.name, requests.unit, requests.description)
+        self._cost = meter.create_counter(cost.name, cost.unit, cost.description)
+
+    @staticmethod
+    def _histogram(meter: metrics.Meter, spec: a.MetricSpec) -> metrics.Histogram:
+        return meter.create_histogram(spec.name, spec.unit, spec.description,
+                                      explicit_bucket_boundaries_advisory=spec.buckets)
+
+    def _ns(self, perf_s: float) -> int:
+        return int(perf_s * 1e9) + self._offset_ns
+
+    # -- Observer ---------------------------------------------------------------------------
+    def on_request(self, ctx: RequestContext) -> None:
+        parent = _propagator.extract(ctx.headers) if "traceparent" in ctx.headers else None
+        server = self._tracer.start_span(
+            ctx.path, context=parent, kind=SpanKind.SERVER, start_time=self._ns(ctx.started_at),
+            attributes={a.RG_REQUEST_ID: ctx.request_id, a.URL_PATH: ctx.path})
+        span_context = server.get_span_context()
+        ctx.state[_STATE_KEY] = _RequestSpans(server, trace.set_span_in_context(server))
+        if span_context.is_valid:
+            trace_id = trace.format_trace_id(span_context.trace_id)
+            ctx.response_headers.append((b"x-trace-id", trace_id.encode()))
+            # W3C Trace Context level 2: the trace this response belongs to, and whether it
+            # was sampled (a trace ID that was not sampled is in no backend).
+            ctx.response_headers.append((b"traceresponse", (
+                f"00-{trace_id}-{trace.format_span_id(span_context.span_id)}-"
+                f"{int(span_context.trace_flags):02x}").encode()))
+
+    def on_classified(self, ctx: RequestContext) -> None:
+        spans: _RequestSpans | None = ctx.state.get(_STATE_KEY)
+        found = ctx.classification
+        if spans is None or found is None:
+            return
+        attrs: dict[str, AttributeValue] = {
+            a.RG_CATEGORY: found.category,
+            a.RG_CLASSIFIER_CONFIDENCE: found.confidence,
+            a.RG_CLASSIFIER_METHOD: found.method,
+            a.RG_CLASSIFIER_LATENCY_MS: found.latency_ms,
+            a.RG_CLASSIFIER_COMPLEXITY: found.complexity,
+        }
+        spans.server.set_attributes(attrs)
+        started = ctx.classify_started_at
+        ended = ctx.classify_ended_at
+        if started is not None and ended is not None:
+            span = self._tracer.start_span(a.CLASSIFY_SPAN, context=spans.context,
+                                           start_time=self._ns(started), attributes=attrs)
+            span.end(end_time=self._ns(ended))
+            self._classifier_duration.record(ended - started,
+                                             {a.RG_CLASSIFIER_METHOD: found.method})
+
+    def on_attempt_start(self, ctx: RequestContext, attempt: AttemptInfo,
+                         request: httpx.Request) -> None:
+        spans: _RequestSpans | None = ctx.state.get(_STATE_KEY)
+        if spans is None:
+            return
+        attrs: dict[str, AttributeValue] = {
+            a.GEN_AI_OPERATION_NAME: a.OPERATION_CHAT,
+            a.GEN_AI_PROVIDER_NAME: _provider_name(attempt.provider_type),
+            a.GEN_AI_REQUEST_MODEL: attempt.upstream_model,
+            a.GEN_AI_REQUEST_STREAM: ctx.stream,
+            a.RG_MODEL: attempt.model,
+            a.RG_PROVIDER: attempt.provider,
+            a.RG_ATTEMPT_INDEX: attempt.index,
+            a.SERVER_ADDRESS: request.url.host,
+        }
+        if request.url.port is not None:
+            attrs[a.SERVER_PORT] = request.url.port
+        if attempt.index > 0:
+            previous = ctx.attempts[attempt.index - 1]
+            attrs[a.RG_FALLBACK] = True
+            spans.server.add_event(a.RG_FALLBACK_EVENT, {
+                a.RG_FALLBACK_FROM: previous.model, a.RG_MODEL: attempt.model,
+                a.RG_ATTEMPT_INDEX: attempt.index,
+                a.RG_FALLBACK_REASON: _error_type(previous) or "unknown",
+            }, timestamp=self._ns(attempt.started_at))
+        if self._capture_content:
+            try:
+                messages = _input_messages(request.content)
+            except httpx.RequestNotRead:  # a streamed upstream body: nothing to read here
+                messages = None
+            if messages is not None:
+                attrs[a.GEN_AI_INPUT_MESSAGES] = messages
+        span = self._tracer.start_span(f"chat {attempt.upstream_model}", context=spans.context,
+                                       kind=SpanKind.CLIENT,
+                                       start_time=self._ns(attempt.started_at), attributes=attrs)
+        spans.attempts[attempt.index] = span
+        # Only traceparent/tracestate go upstream: no baggage, which may carry user data.
+        _propagator.inject(request.headers, context=trace.set_span_in_context(span))
+
+    def on_attempt_end(self, ctx: RequestContext, attempt: AttemptInfo) -> None:
+        spans: _RequestSpans | None = ctx.state.get(_STATE_KEY)
+        span = None if spans is None else spans.attempts.pop(attempt.index, None)
+        if span is None:
+            return
+        provider = _provider_name(attempt.provider_type)
+        metric_attrs: dict[str, AttributeValue] = {
+            a.GEN_AI_OPERATION_NAME: a.OPERATION_CHAT,
+            a.GEN_AI_PROVIDER_NAME: provider,
+            a.GEN_AI_REQUEST_MODEL: attempt.upstream_model,
+            a.RG_MODEL: attempt.model,
+        }
+        attrs: dict[str, AttributeValue] = {}
+        if attempt.response_model:
+            attrs[a.GEN_AI_RESPONSE_MODEL] = attempt.response_model
+            metric_attrs[a.GEN_AI_RESPONSE_MODEL] = attempt.response_model
+        if attempt.finish_reasons:
+            attrs[a.GEN_AI_RESPONSE_FINISH_REASONS] = attempt.finish_reasons
+        if attempt.cost_usd is not None:
+            attrs[a.RG_COST_USD] = attempt.cost_usd
+        ttft = attempt.ttft_s
+        if ttft is not None:
+            attrs[a.RG_TTFT_S] = ttft
+        if attempt.client_disconnected:
+            attrs[a.RG_CLIENT_DISCONNECTED] = True
+        error_type = _error_type(attempt)
+        if error_type is not None:
+            attrs[a.ERROR_TYPE] = error_type
+            metric_attrs[a.ERROR_TYPE] = error_type
+            detail = (attempt.failure.detail if attempt.failure is not None
+                      else attempt.error_after_first_byte or error_type)
+            span.set_status(Status(StatusCode.ERROR, detail[:200]))
+        usage = attempt.usage
+        if usage is not None:
+            attrs[a.GEN_AI_USAGE_INPUT_TOKENS] = usage.prompt_tokens
+            attrs[a.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.completion_tokens
+        span.set_attributes(attrs)
+        span.end(end_time=self._ns(attempt.ended_at or time.perf_counter()))
+
+        self._operation_duration.record(
+            max(0.0, (attempt.ended_at or time.perf_counter()) - attempt.started_at), metric_attrs)
+        if usage is not None:
+            self._token_usage.record(usage.prompt_tokens,
+                                     {**metric_attrs, a.GEN_AI_TOKEN_TYPE: "input"})
+            self._token_usage.record(usage.completion_tokens,
+                                     {**metric_attrs, a.GEN_AI_TOKEN_TYPE: "output"})
+        if ttft is not None and ctx.stream:
+            self._time_to_first_chunk.record(ttft, metric_attrs)
+        if attempt.cost_usd:
+            self._cost.add(attempt.cost_usd, {a.RG_MODEL: attempt.model,
+                                              a.GEN_AI_PROVIDER_NAME: provider})
+
+    def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
+        spans: _RequestSpans | None = ctx.state.pop(_STATE_KEY, None)
+        if spans is None:
+            return
+        now = time.perf_counter()
+        for span in spans.attempts.values():  # an attempt the relay never closed
+            span.set_status(Status(StatusCode.ERROR, "attempt not finished"))
+            span.end(end_time=self._ns(now))
+        server = spans.server
+        attrs: dict[str, AttributeValue] = {
+            a.HTTP_RESPONSE_STATUS_CODE: outcome.status,
+            a.RG_OUTCOME: outcome.result,
+            a.RG_ATTEMPTS: len(ctx.attempts),
+        }
+        if ctx.requested_model:
+            server.update_name(f"chat {ctx.requested_model}")
+            attrs[a.GEN_AI_OPERATION_NAME] = a.OPERATION_CHAT
+            attrs[a.GEN_AI_REQUEST_MODEL] = ctx.requested_model
+            attrs[a.GEN_AI_REQUEST_STREAM] = ctx.stream
+        final = _answering_attempt(ctx, outcome)
+        if final is not None:
+            attrs[a.RG_MODEL] = final.model
+            attrs[a.RG_PROVIDER] = final.provider
+            attrs[a.GEN_AI_PROVIDER_NAME] = _provider_name(final.provider_type)
+            if final.response_model:
+                attrs[a.GEN_AI_RESPONSE_MODEL] = final.response_model
+            if final.finish_reasons:
+                attrs[a.GEN_AI_RESPONSE_FINISH_REASONS] = final.finish_reasons
+            if final.usage is not None:
+                attrs[a.GEN_AI_USAGE_INPUT_TOKENS] = final.usage.prompt_tokens
+                attrs[a.GEN_AI_USAGE_OUTPUT_TOKENS] = final.usage.completion_tokens
+        if ctx.attempts:
+            attrs[a.RG_FALLBACK] = any(t.model != ctx.attempts[0].model for t in ctx.attempts)
+            attrs[a.RG_COST_USD] = sum(t.cost_usd or 0.0 for t in ctx.attempts)
+        ttft = None
+        if final is not None and final.committed and final.first_token_at is not None:
+            ttft = final.first_token_at - ctx.started_at
+            attrs[a.RG_TTFT_S] = ttft
+        if outcome.error_type:
+            attrs[a.ERROR_TYPE] = outcome.error_type
+        if outcome.result == "error":
+            server.set_status(Status(StatusCode.ERROR, outcome.error_type or "error"))
+        server.set_attributes(attrs)
+        server.end(end_time=self._ns(now))
+
+        if not ctx.requested_model:
+            return  # not a generation (e.g. /v1/models): no GenAI metrics
+        labels: dict[str, AttributeValue] = {
+            a.RG_MODEL: final.model if final is not None else "none",
+            a.RG_CATEGORY: ctx.category or "none",
+            a.RG_OUTCOME: outcome.result,
+            a.RG_FALLBACK: bool(attrs.get(a.RG_FALLBACK, False)),
+        }
+        self._requests.add(1, labels)
+        self._request_duration.record(now - ctx.started_at, labels)
+        if ttft is not None:
+            self._request_ttft.record(ttft, {a.RG_MODEL: labels[a.RG_MODEL],
+                                             a.GEN_AI_REQUEST_STREAM: ctx.stream})
+
+
+def _answering_attempt(ctx: RequestContext, outcome: RequestOutcome) -> AttemptInfo | None:
+    if outcome.model is None or not ctx.attempts:
+        return None
+    last = ctx.attempts[-1]
+    return last if last.model == outcome.model else None
+
+
+def _provider_name(provider_type: str) -> str:
+    return a.PROVIDER_NAMES.get(provider_type, provider_type)
+
+
+def _error_type(attempt: AttemptInfo) -> str | None:
+    """Low-cardinality: the HTTP status for status failures, else the failure kind."""
+    failure = attempt.failure
+    if failure is not None:
+        if failure.kind == "status" and failure.status is not None:
+            return str(failure.status)
+        return failure.kind
+    if attempt.error_after_first_byte:
+        return "stream_interrupted"
+    return None
+
+
+def _input_messages(body: bytes) -> str | None:
+    """The request's messages in the GenAI conventions' ``gen_ai.input.messages`` shape."""
+    try:
+        decoded: Any = json.loads(body)
+    except ValueError:
+        return None
+    raw = decoded.get("messages") if isinstance(decoded, dict) else None
+    if not isinstance(raw, list):
+        return None
+    out: list[dict[str, Any]] = []
+    for message in raw:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        parts: list[dict[str, Any]] = []
+        if isinstance(content, str):
+            parts.append({"type": "text", "content": content})
+        elif isinstance(content, list):
+            parts.extend({"type": "text", "content": part.get("text", "")} for part in content
+                         if isinstance(part, dict) and part.get("type") == "text")
+        out.append({"role": message.get("role", "user"), "parts": parts})
+    return json.dumps(out, ensure_ascii=False)

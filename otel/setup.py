@@ -1,0 +1,211 @@
+"""Tracer and meter providers from ``[telemetry]`` and the standard ``OTEL_*`` variables.
+
+Resolution, in order:
+
+1. ``[telemetry] enabled = false`` or ``OTEL_SDK_DISABLED=true``: off.
+2. Providers handed in by the caller (tests, hosts that wire their own): used as they are.
+3. A global TracerProvider / MeterProvider the host application already installed (anything
+   other than the API's proxy): used, never replaced, never shut down by routegate.
+4. An OTLP endpoint (``[telemetry] otlp_endpoint``, else ``OTEL_EXPORTER_OTLP_ENDPOINT`` or the
+   per-signal ``OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT``): routegate builds its own SDK
+   providers with OTLP exporters (protocol from ``otlp_protocol``, else
+   ``OTEL_EXPORTER_OTLP_PROTOCOL``, else grpc for port 4317 and http/protobuf otherwise).
+   They are private to routegate (not installed as the global providers) and are flushed and
+   shut down by :meth:`Telemetry.shutdown`.
+5. Nothing configured: off, and the gateway runs with no observer at all.
+
+Everything the exporters read themselves keeps working: ``OTEL_EXPORTER_OTLP_HEADERS``,
+``..._TIMEOUT``, ``..._COMPRESSION``, certificates; the sampler comes from
+``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` (default: parent-based, always on), batch
+sizes from ``OTEL_BSP_*``, the export interval from ``OTEL_METRIC_EXPORT_INTERVAL``.
+``OTEL_TRACES_EXPORTER=none`` / ``OTEL_METRICS_EXPORTER=none`` switch one signal off.
+The SDK and exporter packages are imported only here, only when telemetry is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
+
+from opentelemetry import metrics, trace
+
+from routegate.middleware.config import TelemetryConfig
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+__all__ = ["OtlpProtocol", "Telemetry", "resolve_protocol", "setup_telemetry"]
+
+log = logging.getLogger("routegate.otel")
+
+OtlpProtocol = Literal["grpc", "http/protobuf"]
+Environ = Callable[[str], "str | None"]
+INSTRUMENTATION_NAME = "routegate"
+
+
+@dataclass(slots=True)
+class Telemetry:
+    """The providers the observer uses, and which of them routegate owns."""
+
+    tracer_provider: trace.TracerProvider
+    meter_provider: metrics.MeterProvider
+    owned: list[object] = field(default_factory=list)  # SDK providers routegate created
+
+    def tracer(self) -> trace.Tracer:
+        from routegate.otel import __version__
+        return self.tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+
+    def meter(self) -> metrics.Meter:
+        from routegate.otel import __version__
+        return self.meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
+
+    def force_flush(self) -> None:
+        for provider in (self.tracer_provider, self.meter_provider):
+            flush = getattr(provider, "force_flush", None)
+            if flush is not None:
+                flush()
+
+    def shutdown(self) -> None:
+        """Flush and stop the providers routegate created (never the host's)."""
+        for provider in self.owned:
+            provider.shutdown()  # type: ignore[attr-defined]  # SDK providers flush on shutdown
+        self.owned.clear()
+
+
+def _env_true(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"
+
+
+def _host_tracer_provider() -> trace.TracerProvider | None:
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None
+    return provider
+
+
+def _host_meter_provider() -> metrics.MeterProvider | None:
+    from opentelemetry.metrics._internal import _ProxyMeterProvider
+
+    provider = metrics.get_meter_provider()
+    if isinstance(provider, _ProxyMeterProvider | metrics.NoOpMeterProvider):
+        return None
+    return provider
+
+
+def resolve_protocol(configured: str, environ: Environ, endpoint: str,
+                     signal: Literal["TRACES", "METRICS"]) -> OtlpProtocol:
+    """``otlp_protocol``, else the OTEL_* variables, else by port (4317 is OTLP/gRPC)."""
+    value = (configured or environ(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+             or environ("OTEL_EXPORTER_OTLP_PROTOCOL") or "").strip()
+    if value in ("grpc", "http/protobuf"):
+        return value  # type: ignore[return-value]  # narrowed by the membership test
+    if value:
+        log.warning("OTLP protocol %r is not supported; using http/protobuf", value)
+        return "http/protobuf"
+    try:
+        port = urlsplit(endpoint if "//" in endpoint else "//" + endpoint).port
+    except ValueError:
+        port = None
+    return "grpc" if port == 4317 else "http/protobuf"
+
+
+def _endpoint(config: TelemetryConfig, environ: Environ,
+              signal: Literal["TRACES", "METRICS"]) -> str:
+    return (config.otlp_endpoint or environ(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
+            or environ("OTEL_EXPORTER_OTLP_ENDPOINT") or "")
+
+
+def _span_exporter(config: TelemetryConfig, environ: Environ, endpoint: str) -> SpanExporter:
+    protocol = resolve_protocol(config.otlp_protocol, environ, endpoint, "TRACES")
+    # An endpoint from gateway.toml is a base URL like OTEL_EXPORTER_OTLP_ENDPOINT; one from
+    # the environment is left for the exporter to read with the spec's own rules.
+    explicit = config.otlp_endpoint.rstrip("/") or None
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as G
+
+        return G(endpoint=explicit, insecure=_insecure(explicit))
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as H
+
+    return H(endpoint=None if explicit is None else explicit + "/v1/traces")
+
+
+def _metric_exporter(config: TelemetryConfig, environ: Environ, endpoint: str) -> MetricExporter:
+    protocol = resolve_protocol(config.otlp_protocol, environ, endpoint, "METRICS")
+    explicit = config.otlp_endpoint.rstrip("/") or None
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as G,
+        )
+
+        return G(endpoint=explicit, insecure=_insecure(explicit))
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as H
+
+    return H(endpoint=None if explicit is None else explicit + "/v1/metrics")
+
+
+def _insecure(endpoint: str | None) -> bool | None:
+    """A plain ``http://`` endpoint from the config means no TLS; otherwise let the exporter
+    decide from its environment (OTEL_EXPORTER_OTLP_INSECURE, certificates)."""
+    if endpoint is None:
+        return None
+    return endpoint.startswith("http://") or None
+
+
+def _resource(config: TelemetryConfig, environ: Environ) -> Resource:
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+
+    from routegate.otel import __version__
+
+    # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES; OTEL_SERVICE_NAME, the deployment's
+    # word, wins over gateway.toml's default.
+    name = environ("OTEL_SERVICE_NAME") or config.service_name
+    return Resource.create({SERVICE_NAME: name, "service.version": __version__})
+
+
+def setup_telemetry(config: TelemetryConfig, *,
+                    tracer_provider: trace.TracerProvider | None = None,
+                    meter_provider: metrics.MeterProvider | None = None,
+                    environ: Environ = os.environ.get) -> Telemetry | None:
+    """Providers for the gateway's observer, or None when telemetry is off (see module doc)."""
+    if not config.enabled or _env_true(environ("OTEL_SDK_DISABLED")):
+        return None
+    owned: list[object] = []
+    tracer_provider = tracer_provider or _host_tracer_provider()
+    meter_provider = meter_provider or _host_meter_provider()
+    resource: Resource | None = None
+    if tracer_provider is None:
+        endpoint = _endpoint(config, environ, "TRACES")
+        if endpoint and (environ("OTEL_TRACES_EXPORTER") or "otlp").strip() != "none":
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            resource = _resource(config, environ)
+            sdk_tracer = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER
+            sdk_tracer.add_span_processor(
+                BatchSpanProcessor(_span_exporter(config, environ, endpoint)))
+            tracer_provider = sdk_tracer
+            owned.append(sdk_tracer)
+    if meter_provider is None:
+        endpoint = _endpoint(config, environ, "METRICS")
+        if endpoint and (environ("OTEL_METRICS_EXPORTER") or "otlp").strip() != "none":
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+            reader = PeriodicExportingMetricReader(_metric_exporter(config, environ, endpoint))
+            sdk_meter = MeterProvider(metric_readers=[reader],
+                                      resource=resource or _resource(config, environ))
+            meter_provider = sdk_meter
+            owned.append(sdk_meter)
+    if tracer_provider is None and meter_provider is None:
+        return None
+    log.info("telemetry on: traces %s, metrics %s",
+             "off" if tracer_provider is None else type(tracer_provider).__name__,
+             "off" if meter_provider is None else type(meter_provider).__name__)
+    return Telemetry(tracer_provider or trace.NoOpTracerProvider(),
+                     meter_provider or metrics.NoOpMeterProvider(), owned)
