@@ -18,7 +18,11 @@ import msgspec
 
 __all__ = [
     "DEFAULT_CATEGORIES",
+    "AdaptiveConfig",
+    "AdminConfig",
+    "BreakerConfig",
     "ClassifierConfig",
+    "ClientConfig",
     "ConfigError",
     "GatewayConfig",
     "LocalConfig",
@@ -28,6 +32,7 @@ __all__ = [
     "RetryConfig",
     "RouteConfig",
     "ServerConfig",
+    "SloConfig",
     "TelemetryConfig",
     "Timeouts",
     "UsageConfig",
@@ -78,6 +83,28 @@ class ProviderConfig(_Section, frozen=True):
     default_max_tokens: int = 4096  # anthropic: max_tokens is required; used when none is set
 
 
+class BreakerConfig(_Section, frozen=True):
+    """Circuit breaker of one pool model: open on ``consecutive_failures`` in a row, or on a
+    ``failure_rate`` once the decision window holds ``min_requests``; while open the model is
+    skipped; after ``cooldown_s`` one live request probes it (success closes it)."""
+
+    consecutive_failures: int = 5
+    failure_rate: float = 0.5
+    min_requests: int = 10
+    cooldown_s: float = 30.0
+
+
+class SloConfig(_Section, frozen=True):
+    """What a pool model is held to; missing it moves the model behind healthy candidates."""
+
+    max_error_rate: float = 0.25
+    latency_p95_s: float = 0.0  # 0: no latency objective
+    ttft_p95_s: float = 0.0  # 0: no time-to-first-token objective
+    min_quality: float = 0.9  # quality score (feedback, audit) per category under this demotes
+    min_requests: int = 5  # samples in the decision window before error rate/latency count
+    min_quality_samples: int = 10
+
+
 class ModelConfig(_Section, frozen=True):
     provider: str
     upstream: str = ""  # the provider's model name; defaults to the pool name
@@ -86,6 +113,8 @@ class ModelConfig(_Section, frozen=True):
     context_window: int = 8192
     capabilities: dict[str, float] = {}
     fallbacks: tuple[str, ...] = ()
+    breaker: BreakerConfig | None = None  # None: adaptive.breaker
+    slo: SloConfig | None = None  # None: adaptive.slo
 
     @property
     def blended_price(self) -> float:
@@ -165,6 +194,30 @@ class UsageConfig(_Section, frozen=True):
     tokenizer_path: str = ""  # a GGUF file; empty: the embedded local model's
 
 
+class AdaptiveConfig(_Section, frozen=True):
+    """Live health windows, breakers and traffic shifting (defaults for every pool model)."""
+
+    enabled: bool = True
+    decision_window_s: float = 60.0  # the health window routing decisions read
+    breaker: BreakerConfig = BreakerConfig()
+    slo: SloConfig = SloConfig()
+    feedback_memory: int = 100_000  # request ids remembered for /v1/feedback
+
+
+class AdminConfig(_Section, frozen=True):
+    token_env: str = ""  # env var holding the admin bearer token; empty or unset: no admin API
+    config_path: str = ""  # what /admin/reload re-reads; empty: $ROUTEGATE_CONFIG or gateway.toml
+
+
+class ClientConfig(_Section, frozen=True):
+    """A client API key (only its sha256 hex digest is stored) with optional limits (0: none)."""
+
+    key_sha256: str
+    daily_usd: float = 0.0
+    monthly_usd: float = 0.0
+    requests_per_minute: int = 0
+
+
 class GatewayConfig(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     retry: RetryConfig = RetryConfig()
@@ -173,6 +226,9 @@ class GatewayConfig(_Section, frozen=True):
     telemetry: TelemetryConfig = TelemetryConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     usage: UsageConfig = UsageConfig()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
+    admin: AdminConfig = AdminConfig()
+    clients: dict[str, ClientConfig] = {}  # empty: no client key required
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, ModelConfig] = {}
     routes: dict[str, RouteConfig] = {}
@@ -215,7 +271,8 @@ def _with_path(message: str, path: str) -> str:
 def parse_config(raw: dict[str, Any]) -> GatewayConfig:
     """Validate a decoded TOML document. Raises :class:`ConfigError` naming the key path."""
     tables: dict[str, type[msgspec.Struct]] = {
-        "providers": ProviderConfig, "models": ModelConfig, "routes": RouteConfig}
+        "providers": ProviderConfig, "models": ModelConfig, "routes": RouteConfig,
+        "clients": ClientConfig}
     flat = {k: v for k, v in raw.items() if k not in tables}
     base = _convert(flat, GatewayConfig, "")
     decoded: dict[str, dict[str, Any]] = {}
@@ -258,6 +315,11 @@ def _check_references(config: GatewayConfig) -> None:
             raise ConfigError(f"providers.{_key(name)}.base_url: required for {provider.type}")
     if config.classifier.default_category not in config.categories:
         raise ConfigError("classifier.default_category: unknown category")
+    for name, client in config.clients.items():
+        digest = client.key_sha256.lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ConfigError(f"clients.{_key(name)}.key_sha256: must be a sha256 hex digest "
+                              "(64 hex characters), never the key itself")
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -25,13 +25,13 @@ from routegate.middleware.observe import Observers, RequestContext, RequestOutco
 from routegate.middleware.providers import build_adapter
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.relay import PoolModel, Relay
-from routegate.middleware.routing import AUTO_MODELS, plan_route
+from routegate.middleware.routing import AUTO_MODELS, Plan, RouteView, plan_route
 from routegate.middleware.transport import FastTransport
 from routegate.middleware.wire.openai import ChatRequest, message_text
 from routegate.sidecar.heuristic import HeuristicClassifier
 from routegate.sidecar.protocol import Classification, Classifier
 
-__all__ = ["Endpoint", "Extension", "Gateway"]
+__all__ = ["ChatPolicy", "Endpoint", "Extension", "Gateway"]
 
 log = logging.getLogger("routegate")
 
@@ -51,6 +51,16 @@ class Extension(Protocol):
 
     async def start(self, gateway: Gateway) -> None: ...
     async def stop(self) -> None: ...
+
+
+class ChatPolicy(Protocol):
+    """Live routing inputs and admission for chat requests (health, weights, client budgets),
+    installed by an extension as ``gateway.policy``."""
+
+    def route_view(self, ctx: RequestContext) -> RouteView: ...
+    def admit(self, ctx: RequestContext, request: ClientRequest, plan: Plan) -> None: ...
+    def wrap_send(self, ctx: RequestContext, send: Send) -> Send: ...
+    def settle(self, ctx: RequestContext) -> None: ...
 
 
 class Gateway:
@@ -81,6 +91,7 @@ class Gateway:
             config.server.prefix + "/models": self._list_models,
         }
         self.prefix_endpoints: list[tuple[str, Endpoint]] = []  # e.g. ("/admin", handler)
+        self.policy: ChatPolicy | None = None  # set by the adaptive extension
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -223,8 +234,17 @@ class Gateway:
             ctx.classification, ctx.category = classification, classification.category
             if self.observers:
                 self.observers.on_classified(ctx)
-        plan = plan_route(request.chat.model, classification, self.config, self.available)
-        return await self._relay.run(ctx, request, plan.models, send, receive)
+        policy = self.policy
+        plan = plan_route(request.chat.model, classification, self.config, self.available,
+                          None if policy is None else policy.route_view(ctx))
+        if policy is None:
+            return await self._relay.run(ctx, request, plan.models, send, receive)
+        policy.admit(ctx, request, plan)  # client key, budget reservation (401/429)
+        try:
+            return await self._relay.run(ctx, request, plan.models, policy.wrap_send(ctx, send),
+                                         receive)
+        finally:
+            policy.settle(ctx)
 
     async def _send_error(self, ctx: RequestContext, exc: GatewayError, send: Send) -> None:
         if any(attempt.committed for attempt in ctx.attempts):

@@ -1,0 +1,195 @@
+"""Client API keys, USD budgets and request rate limits.
+
+Keys are configured by their sha256 hex digest only (``[clients.NAME] key_sha256 = ...``);
+a request's ``Authorization: Bearer <key>`` (or ``x-api-key``) is hashed and looked up. With
+no clients configured the gateway is open, as before.
+
+Budgets are concurrency-safe by reservation: admitting a request reserves its worst-case cost
+(prompt estimate plus ``max_tokens`` at the priciest model of its plan) against the client's
+daily and monthly budgets, and settling it replaces the reservation with the real cost. Check
+and reserve happen in one synchronous step on the event loop, so however many requests arrive
+together, spent + reserved never exceeds the budget; the real cost can only come in under the
+reservation (unless a provider ignores ``max_tokens``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from routegate.middleware.config import ClientConfig, GatewayConfig, ModelConfig
+from routegate.middleware.errors import GatewayError, Unauthorized
+from routegate.middleware.providers.base import ClientRequest
+
+__all__ = ["BudgetExceeded", "ClientLimiter", "Reservation", "hash_key", "reservation_usd"]
+
+# Output tokens reserved when a request sets no max_tokens.
+DEFAULT_RESERVED_OUTPUT_TOKENS = 4096
+
+
+def hash_key(key: str) -> str:
+    """What goes into ``clients.NAME.key_sha256`` for a key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class BudgetExceeded(GatewayError):
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+@dataclass(slots=True)
+class _Account:
+    config: ClientConfig
+    day: str = ""
+    month: str = ""
+    spent_day: float = 0.0
+    spent_month: float = 0.0
+    reserved: float = 0.0
+    requests: int = 0
+    rejected: int = 0
+    tokens: float = 0.0  # rate limit bucket
+    refilled_at: float = 0.0
+    in_flight: int = 0
+    history: dict[str, float] = field(default_factory=dict)  # day -> spent
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    client: str
+    amount: float
+
+
+def reservation_usd(request: ClientRequest, models: list[ModelConfig]) -> float:
+    """Worst-case cost of a request over the models that may answer it: every message byte a
+    token (generous), plus max_tokens (or 4096) of output, at the priciest model."""
+    chat = request.chat
+    prompt_tokens = sum(len(raw) for raw in request.fields.values())
+    output = chat.max_completion_tokens or chat.max_tokens or DEFAULT_RESERVED_OUTPUT_TOKENS
+    output *= chat.n or 1
+    if not models:
+        return 0.0
+    return max(prompt_tokens * m.input_usd_per_mtok + output * m.output_usd_per_mtok
+               for m in models) / 1_000_000
+
+
+class ClientLimiter:
+    """Authenticates client keys and holds their budgets and rate limits."""
+
+    def __init__(self, config: GatewayConfig, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall
+        self.accounts: dict[str, _Account] = {}
+        self._by_digest: dict[str, str] = {}
+        self.configure(config)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._by_digest)
+
+    def configure(self, config: GatewayConfig) -> None:
+        """(Re)load client definitions; spending of clients that stay is kept."""
+        accounts: dict[str, _Account] = {}
+        for name, client in config.clients.items():
+            account = self.accounts.get(name) or _Account(client, tokens=client.requests_per_minute,
+                                                          refilled_at=self.wall())
+            account.config = client
+            accounts[name] = account
+        self.accounts = accounts
+        self._by_digest = {c.key_sha256.lower(): name for name, c in config.clients.items()}
+
+    def authenticate(self, headers: dict[str, str]) -> str | None:
+        """The client's name; None when no keys are configured. 401 on a missing/unknown key."""
+        if not self._by_digest:
+            return None
+        auth = headers.get("authorization", "")
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            key = headers.get("x-api-key", "")
+        key = key.strip()
+        if not key:
+            raise Unauthorized("Missing API key: send `Authorization: Bearer <key>`")
+        name = self._by_digest.get(hash_key(key))
+        if name is None:
+            raise Unauthorized("Invalid API key")
+        return name
+
+    def _roll(self, account: _Account, now: float) -> None:
+        t = time.gmtime(now)
+        day, month = time.strftime("%Y-%m-%d", t), time.strftime("%Y-%m", t)
+        if account.day != day:
+            if account.day:
+                account.history[account.day] = account.spent_day
+                for old in sorted(account.history)[:-62]:
+                    del account.history[old]
+            account.day, account.spent_day = day, 0.0
+        if account.month != month:
+            account.month, account.spent_month = month, 0.0
+
+    def admit(self, client: str, amount: float) -> Reservation:
+        """Rate limit, then reserve ``amount`` USD or raise 429 (check and reserve are one
+        synchronous step: nothing else runs between them)."""
+        account = self.accounts[client]
+        config = account.config
+        now = self.wall()
+        self._roll(account, now)
+        if config.requests_per_minute > 0:
+            rate = config.requests_per_minute / 60.0
+            account.tokens = min(float(config.requests_per_minute),
+                                 account.tokens + (now - account.refilled_at) * rate)
+            account.refilled_at = now
+            if account.tokens < 1.0:
+                account.rejected += 1
+                wait = math.ceil((1.0 - account.tokens) / rate)
+                raise RateLimited(f"Rate limit of {config.requests_per_minute} requests per "
+                                  f"minute reached for client `{client}`; retry in {wait}s",
+                                  headers={"retry-after": str(wait)})
+        for label, limit, spent in (("daily", config.daily_usd, account.spent_day),
+                                    ("monthly", config.monthly_usd, account.spent_month)):
+            if limit > 0 and spent + account.reserved + amount > limit:
+                account.rejected += 1
+                raise BudgetExceeded(
+                    f"The {label} budget of ${limit:g} for client `{client}` is exhausted "
+                    f"(spent ${spent:.4f}, ${account.reserved:.4f} reserved by requests in "
+                    f"flight, this request may cost up to ${amount:.4f})")
+        if config.requests_per_minute > 0:
+            account.tokens -= 1.0
+        account.reserved += amount
+        account.requests += 1
+        account.in_flight += 1
+        return Reservation(client, amount)
+
+    def settle(self, reservation: Reservation, cost: float | None) -> None:
+        """Replace the reservation with the real cost (the reservation when unknown)."""
+        account = self.accounts.get(reservation.client)
+        if account is None:  # removed by a reload while in flight
+            return
+        account.reserved = max(0.0, account.reserved - reservation.amount)
+        account.in_flight -= 1
+        self._roll(account, self.wall())
+        charged = reservation.amount if cost is None else cost
+        account.spent_day += charged
+        account.spent_month += charged
+
+    def stats(self) -> dict[str, dict[str, float | int]]:
+        now = self.wall()
+        out: dict[str, dict[str, float | int]] = {}
+        for name, account in self.accounts.items():
+            self._roll(account, now)
+            c = account.config
+            out[name] = {"spent_today_usd": round(account.spent_day, 8),
+                         "spent_month_usd": round(account.spent_month, 8),
+                         "reserved_usd": round(account.reserved, 8),
+                         "daily_usd": c.daily_usd, "monthly_usd": c.monthly_usd,
+                         "requests_per_minute": c.requests_per_minute,
+                         "requests": account.requests, "rejected": account.rejected,
+                         "in_flight": account.in_flight}
+        return out

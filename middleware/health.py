@@ -1,0 +1,519 @@
+"""Live health: sliding windows per pool model and provider, and a circuit breaker per model.
+
+A :class:`Window` is a ring of time buckets plus a running total: adding a sample touches one
+bucket and the total (O(1)); a bucket that slides out of the window is subtracted from the
+total once, when the ring next moves. Latency and time-to-first-token go into fixed
+log-spaced histograms (20 % wide bins, 1 ms .. ~2 min), so p50/p95/p99 are read from the
+total in a few dozen steps and are accurate to one bin. Everything runs on the event loop
+that serves the requests: no locks, no threads, no awaits.
+
+Time comes from an injected clock (``time.monotonic`` by default) so tests drive the windows
+and breakers without sleeping.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+
+from routegate.middleware.config import BreakerConfig, GatewayConfig, SloConfig
+from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
+from routegate.middleware.routing import ModelSignal, Override
+
+__all__ = [
+    "WINDOWS",
+    "Breaker",
+    "BreakerState",
+    "Controls",
+    "HealthObserver",
+    "HealthRegistry",
+    "LiveView",
+    "Sample",
+    "Tracker",
+    "Window",
+    "WindowStats",
+]
+
+Clock = Callable[[], float]
+BreakerState = Literal["closed", "open", "half_open"]
+
+# Stats windows: name -> (span seconds, buckets).
+WINDOWS: dict[str, tuple[float, int]] = {"1m": (60.0, 12), "5m": (300.0, 30), "1h": (3600.0, 60)}
+
+_BIN_BASE = 1.2
+_BIN_START_S = 0.001
+_BINS = 64  # 1 ms * 1.2**64 ~ 117 s; the last bin holds everything slower
+_LOG_BASE = math.log(_BIN_BASE)
+
+
+def _bin(seconds: float) -> int:
+    if seconds <= _BIN_START_S:
+        return 0
+    return min(_BINS - 1, int(math.log(seconds / _BIN_START_S) / _LOG_BASE))
+
+
+def _bin_upper(index: int) -> float:
+    return float(_BIN_START_S * _BIN_BASE ** (index + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One finished attempt (or one quality score) as the windows see it."""
+
+    ok: bool | None = None  # None: neither success nor failure (client went away, quality only)
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    output_tokens: int = 0
+    generation_s: float = 0.0  # first token -> end, for tokens per second
+    cost_usd: float | None = None
+    quality: float | None = None
+
+
+class _Agg:
+    """Sums over some samples; a bucket and the running total are both one of these."""
+
+    __slots__ = ("cost_n", "cost_sum", "fail", "gen_s", "lat", "lat_n", "ok", "out_tok",
+                 "q_n", "q_sum", "ttft", "ttft_n")
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.fail = 0
+        self.lat_n = 0
+        self.ttft_n = 0
+        self.cost_n = 0
+        self.cost_sum = 0.0
+        self.out_tok = 0
+        self.gen_s = 0.0
+        self.q_n = 0
+        self.q_sum = 0.0
+        self.lat = [0] * _BINS
+        self.ttft = [0] * _BINS
+
+    def add(self, s: Sample) -> None:
+        if s.ok is True:
+            self.ok += 1
+        elif s.ok is False:
+            self.fail += 1
+        if s.latency_s is not None:
+            self.lat_n += 1
+            self.lat[_bin(s.latency_s)] += 1
+        if s.ttft_s is not None:
+            self.ttft_n += 1
+            self.ttft[_bin(s.ttft_s)] += 1
+        if s.cost_usd is not None:
+            self.cost_n += 1
+            self.cost_sum += s.cost_usd
+        if s.generation_s > 0:
+            self.out_tok += s.output_tokens
+            self.gen_s += s.generation_s
+        if s.quality is not None:
+            self.q_n += 1
+            self.q_sum += s.quality
+
+    def subtract(self, o: _Agg) -> None:
+        self.ok -= o.ok
+        self.fail -= o.fail
+        self.lat_n -= o.lat_n
+        self.ttft_n -= o.ttft_n
+        self.cost_n -= o.cost_n
+        self.cost_sum -= o.cost_sum
+        self.out_tok -= o.out_tok
+        self.gen_s -= o.gen_s
+        self.q_n -= o.q_n
+        self.q_sum -= o.q_sum
+        if o.lat_n:
+            self.lat = [a - b for a, b in zip(self.lat, o.lat, strict=True)]
+        if o.ttft_n:
+            self.ttft = [a - b for a, b in zip(self.ttft, o.ttft, strict=True)]
+
+
+def _percentile(hist: list[int], n: int, q: float) -> float | None:
+    if n <= 0:
+        return None
+    rank = max(1, math.ceil(q * n))
+    seen = 0
+    for index, count in enumerate(hist):
+        seen += count
+        if seen >= rank:
+            return _bin_upper(index)
+    return _bin_upper(_BINS - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    """One window read at one instant. Percentiles are bin upper bounds (within 20 %)."""
+
+    span_s: float
+    requests: int  # samples with a success/failure verdict
+    successes: int
+    failures: int
+    error_rate: float | None
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    latency_p99_s: float | None
+    ttft_p50_s: float | None
+    ttft_p95_s: float | None
+    ttft_p99_s: float | None
+    output_tokens_per_s: float | None
+    cost_usd_total: float
+    cost_per_request_usd: float | None
+    quality: float | None
+    quality_samples: int
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Window:
+    """A sliding window of ``span_s`` seconds in ``buckets`` buckets."""
+
+    __slots__ = ("_bucket_s", "_buckets", "_head", "_stamps", "_total", "span_s")
+
+    def __init__(self, span_s: float, buckets: int) -> None:
+        if span_s <= 0 or buckets < 1:
+            raise ValueError("a window needs a positive span and at least one bucket")
+        self.span_s = span_s
+        self._bucket_s = span_s / buckets
+        self._buckets = [_Agg() for _ in range(buckets)]
+        self._stamps = [-1] * buckets  # bucket epoch each slot holds, -1: empty
+        self._head = -1  # newest epoch seen
+        self._total = _Agg()
+
+    def _advance(self, now: float) -> int:
+        epoch = int(now // self._bucket_s)
+        if epoch <= self._head:  # same bucket (a monotonic clock never goes back)
+            return self._head
+        n = len(self._buckets)
+        if epoch - self._head >= n:  # everything slid out
+            self._buckets = [_Agg() for _ in range(n)]
+            self._stamps = [-1] * n
+            self._total = _Agg()
+        else:
+            for e in range(self._head + 1, epoch + 1):
+                slot = e % n
+                if self._stamps[slot] >= 0:
+                    self._total.subtract(self._buckets[slot])
+                    self._buckets[slot] = _Agg()
+                    self._stamps[slot] = -1
+        self._head = epoch
+        return epoch
+
+    def epoch(self, now: float) -> int:
+        return int(now // self._bucket_s)
+
+    def add(self, now: float, sample: Sample) -> None:
+        epoch = self._advance(now)
+        slot = epoch % len(self._buckets)
+        self._stamps[slot] = epoch
+        self._buckets[slot].add(sample)
+        self._total.add(sample)
+
+    def stats(self, now: float) -> WindowStats:
+        self._advance(now)
+        t = self._total
+        requests = t.ok + t.fail
+        return WindowStats(
+            span_s=self.span_s,
+            requests=requests,
+            successes=t.ok,
+            failures=t.fail,
+            error_rate=t.fail / requests if requests else None,
+            latency_p50_s=_percentile(t.lat, t.lat_n, 0.50),
+            latency_p95_s=_percentile(t.lat, t.lat_n, 0.95),
+            latency_p99_s=_percentile(t.lat, t.lat_n, 0.99),
+            ttft_p50_s=_percentile(t.ttft, t.ttft_n, 0.50),
+            ttft_p95_s=_percentile(t.ttft, t.ttft_n, 0.95),
+            ttft_p99_s=_percentile(t.ttft, t.ttft_n, 0.99),
+            output_tokens_per_s=t.out_tok / t.gen_s if t.gen_s > 0 else None,
+            cost_usd_total=round(max(t.cost_sum, 0.0), 12),
+            cost_per_request_usd=t.cost_sum / t.cost_n if t.cost_n else None,
+            quality=t.q_sum / t.q_n if t.q_n else None,
+            quality_samples=t.q_n,
+        )
+
+
+class Tracker:
+    """The stats windows (1 min, 5 min, 1 h) and the decision window of one model or
+    provider, plus per-category quality windows (1 h: feedback is sparse)."""
+
+    __slots__ = ("_cache", "_cache_key", "_version", "decision", "quality", "requests_total",
+                 "windows")
+
+    def __init__(self, decision_window_s: float) -> None:
+        self.windows = {name: Window(span, n) for name, (span, n) in WINDOWS.items()}
+        self.decision = Window(decision_window_s, 12)
+        self.quality: dict[str, Window] = {}
+        self.requests_total = 0
+        self._version = 0
+        self._cache_key = (-1, -1)
+        self._cache: WindowStats | None = None
+
+    def decision_stats(self, now: float) -> WindowStats:
+        """The decision window, recomputed only when a sample arrived or a bucket moved (the
+        router reads it on every request)."""
+        key = (self.decision.epoch(now), self._version)
+        if self._cache is None or key != self._cache_key:
+            self._cache, self._cache_key = self.decision.stats(now), key
+        return self._cache
+
+    def add(self, now: float, sample: Sample) -> None:
+        self._version += 1
+        if sample.ok is not None:
+            self.requests_total += 1
+        for window in self.windows.values():
+            window.add(now, sample)
+        self.decision.add(now, sample)
+
+    def add_quality(self, now: float, category: str | None, score: float) -> None:
+        sample = Sample(quality=score)
+        self.add(now, sample)
+        if category is not None:
+            window = self.quality.get(category)
+            if window is None:
+                window = self.quality[category] = Window(*WINDOWS["1h"])
+            window.add(now, sample)
+
+
+class Breaker:
+    """closed -> (failures) -> open -> (cool-down) -> one probe in flight -> closed or open."""
+
+    __slots__ = ("_open", "config", "consecutive", "opened_at", "opens", "probe_owner", "reason")
+
+    def __init__(self, config: BreakerConfig) -> None:
+        self.config = config
+        self.consecutive = 0
+        self._open = False
+        self.opened_at = 0.0
+        self.opens = 0
+        self.probe_owner: str | None = None  # request id holding the single probe
+        self.reason = ""
+
+    def state(self, now: float) -> BreakerState:
+        if not self._open:
+            return "closed"
+        return "half_open" if now >= self.opened_at + self.config.cooldown_s else "open"
+
+    def can_probe(self, now: float) -> bool:
+        """Half-open and nobody probing yet: the next planned request may try the model."""
+        return self.state(now) == "half_open" and self.probe_owner is None
+
+    def claim_probe(self, request_id: str) -> None:
+        self.probe_owner = request_id
+
+    def release_probe(self, request_id: str) -> None:
+        if self.probe_owner == request_id:
+            self.probe_owner = None
+
+    def record(self, now: float, ok: bool, decision: WindowStats) -> None:
+        if ok:
+            self.consecutive = 0
+            if self._open:
+                self._open, self.probe_owner, self.reason = False, None, "probe succeeded"
+            return
+        self.consecutive += 1
+        config = self.config
+        if self._open:  # the probe (or a request planned before the open) failed: wait again
+            self.opened_at, self.probe_owner = now, None
+            self.reason = "probe failed"
+            return
+        if self.consecutive >= config.consecutive_failures:
+            self._trip(now, f"{self.consecutive} consecutive failures")
+        elif (decision.requests >= config.min_requests and decision.error_rate is not None
+              and decision.error_rate >= config.failure_rate):
+            self._trip(now, f"failure rate {decision.error_rate:.0%} over "
+                            f"{decision.requests} requests")
+
+    def _trip(self, now: float, reason: str) -> None:
+        self._open, self.opened_at, self.reason = True, now, reason
+        self.opens += 1
+
+    def reset(self) -> None:
+        self._open, self.consecutive, self.probe_owner, self.reason = False, 0, None, "reset"
+
+
+class HealthRegistry:
+    """Trackers and breakers for every pool model and provider, fed by attempt outcomes."""
+
+    def __init__(self, config: GatewayConfig, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self.models: dict[str, Tracker] = {}
+        self.providers: dict[str, Tracker] = {}
+        self.breakers: dict[str, Breaker] = {}
+        self.config = config
+        self.configure(config)
+
+    def configure(self, config: GatewayConfig) -> None:
+        """Adopt a (re)loaded config: new models get trackers, breakers take new settings,
+        history of models that stay is kept."""
+        self.config = config
+        span = config.adaptive.decision_window_s
+        for name, model in config.models.items():
+            tracker = self.models.get(name)
+            if tracker is None or tracker.decision.span_s != span:
+                fresh = Tracker(span)
+                if tracker is not None:
+                    fresh.windows, fresh.quality = tracker.windows, tracker.quality
+                    fresh.requests_total = tracker.requests_total
+                self.models[name] = fresh
+            breaker_config = model.breaker or config.adaptive.breaker
+            breaker = self.breakers.get(name)
+            if breaker is None:
+                self.breakers[name] = Breaker(breaker_config)
+            else:
+                breaker.config = breaker_config
+            if model.provider not in self.providers:
+                self.providers[model.provider] = Tracker(span)
+
+    def slo(self, model: str) -> SloConfig:
+        entry = self.config.models.get(model)
+        return (entry.slo if entry is not None and entry.slo is not None
+                else self.config.adaptive.slo)
+
+    def record(self, model: str, provider: str, sample: Sample) -> None:
+        now = self.clock()
+        tracker = self.models.get(model)
+        if tracker is None:
+            return
+        tracker.add(now, sample)
+        provider_tracker = self.providers.get(provider)
+        if provider_tracker is not None:
+            provider_tracker.add(now, sample)
+        if sample.ok is not None:
+            self.breakers[model].record(now, sample.ok, tracker.decision_stats(now))
+
+    def record_quality(self, model: str, category: str | None, score: float) -> bool:
+        tracker = self.models.get(model)
+        if tracker is None:
+            return False
+        tracker.add_quality(self.clock(), category, score)
+        return True
+
+    def model_names(self) -> Iterable[str]:
+        return self.models.keys()
+
+    def claim_probes(self, request_id: str, models: Iterable[str]) -> None:
+        for name in models:
+            breaker = self.breakers.get(name)
+            if breaker is not None and breaker.probe_owner is None:
+                breaker.claim_probe(request_id)
+
+    def release_probes(self, request_id: str) -> None:
+        for breaker in self.breakers.values():
+            if breaker.probe_owner == request_id:
+                breaker.release_probe(request_id)
+
+
+class Controls:
+    """Operator state: manual weights and pins per (model, category or ``*``), disabled models.
+    Expiries are unix times (they survive a process clock reset only as far as the wall does)."""
+
+    def __init__(self, wall: Clock = time.time) -> None:
+        self.wall = wall
+        self.overrides: dict[tuple[str, str], Override] = {}
+        self.disabled: set[str] = set()
+
+    def set(self, model: str, category: str, override: Override) -> None:
+        self.overrides[(model, category)] = override
+
+    def clear(self, model: str, category: str) -> bool:
+        return self.overrides.pop((model, category), None) is not None
+
+    def lookup(self, model: str, category: str | None, now: float) -> Override | None:
+        for key in ((model, category or "*"), (model, "*")):
+            override = self.overrides.get(key)
+            if override is not None:
+                if override.expires_at is not None and override.expires_at <= now:
+                    del self.overrides[key]  # expired: gone for good
+                    continue
+                return override
+        return None
+
+    def active(self) -> dict[tuple[str, str], Override]:
+        now = self.wall()
+        for model, category in list(self.overrides):
+            self.lookup(model, category, now)
+        return dict(self.overrides)
+
+
+class LiveView:
+    """The :class:`~routegate.middleware.routing.RouteView` of one request: health and
+    overrides read at one instant (``now`` from the registry's clock)."""
+
+    __slots__ = ("_controls", "_now", "_registry", "_wall")
+
+    def __init__(self, registry: HealthRegistry, controls: Controls) -> None:
+        self._registry = registry
+        self._controls = controls
+        self._now = registry.clock()
+        self._wall = controls.wall()
+
+    def disabled(self, model: str) -> bool:
+        return model in self._controls.disabled
+
+    def signal(self, model: str, category: str | None) -> ModelSignal:
+        registry = self._registry
+        tracker = registry.models.get(model)
+        breaker = registry.breakers.get(model)
+        slo = registry.slo(model)
+        if tracker is None or breaker is None:
+            return ModelSignal(slo=slo)
+        stats = tracker.decision_stats(self._now)
+        quality, quality_n = None, 0
+        window = tracker.quality.get(category) if category is not None else None
+        if window is not None:
+            q = window.stats(self._now)
+            quality, quality_n = q.quality, q.quality_samples
+        return ModelSignal(
+            breaker=breaker.state(self._now), probe_free=breaker.probe_owner is None,
+            requests=stats.requests, error_rate=stats.error_rate,
+            latency_p95_s=stats.latency_p95_s, ttft_p95_s=stats.ttft_p95_s,
+            quality=quality, quality_samples=quality_n, slo=slo)
+
+    def override(self, model: str, category: str | None) -> Override | None:
+        return self._controls.lookup(model, category, self._wall)
+
+
+def attempt_sample(attempt: AttemptInfo) -> Sample:
+    """How one finished attempt counts: failures the request caused (a 400, a context overflow)
+    and client disconnects are neither success nor failure of the model."""
+    failure = attempt.failure
+    if failure is not None:
+        blameless = failure.client_fault or failure.context_exceeded
+        return Sample(ok=None if blameless else False)
+    ttft = attempt.ttft_s
+    if attempt.client_disconnected:
+        return Sample(ok=None, ttft_s=ttft, cost_usd=attempt.cost_usd)
+    ended = attempt.ended_at or attempt.started_at
+    generation = ended - attempt.first_token_at if attempt.first_token_at is not None else 0.0
+    tokens = attempt.usage.completion_tokens if attempt.usage is not None else 0
+    return Sample(ok=attempt.error_after_first_byte is None,
+                  latency_s=ended - attempt.started_at, ttft_s=ttft, output_tokens=tokens,
+                  generation_s=generation, cost_usd=attempt.cost_usd)
+
+
+class HealthObserver:
+    """Feeds attempt outcomes into the registry; releases probe claims when a request ends."""
+
+    def __init__(self, registry: HealthRegistry) -> None:
+        self.registry = registry
+
+    def on_request(self, ctx: RequestContext) -> None:
+        pass
+
+    def on_classified(self, ctx: RequestContext) -> None:
+        pass
+
+    def on_attempt_start(self, ctx: RequestContext, attempt: AttemptInfo,
+                         request: httpx.Request) -> None:
+        pass
+
+    def on_attempt_end(self, ctx: RequestContext, attempt: AttemptInfo) -> None:
+        self.registry.record(attempt.model, attempt.provider, attempt_sample(attempt))
+
+    def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
+        self.registry.release_probes(ctx.request_id)
