@@ -21,6 +21,7 @@ under /tmp (about a minute on 1 thread).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -171,7 +172,8 @@ def example_index(model: Path, threads: int) -> tuple[F, npt.NDArray[np.int64]]:
         for text in (*spec.examples, spec.description):
             texts.append(text)
             labels.append(CATEGORIES.index(spec.name))
-    vectors = embed_all(texts, model, Path(f"/tmp/routegate_examples_{len(texts)}.npy"), threads)
+    digest = hashlib.blake2b("\n".join(texts).encode(), digest_size=6).hexdigest()
+    vectors = embed_all(texts, model, Path(f"/tmp/routegate_examples_{digest}.npy"), threads)
     return vectors, np.asarray(labels, dtype=np.int64)
 
 
@@ -233,18 +235,24 @@ def main() -> int:
         splits["source-held-out (5 folds)"] = [
             (np.flatnonzero(folds != f), np.flatnonzero(folds == f)) for f in range(5)]
 
-    temps = (0.02, 0.05, 0.1)
+    temps = (0.01, 0.02, 0.05)
     results: dict[str, dict[str, float]] = {}
     for split_name, pairs in splits.items():
         test_all = np.concatenate([te for _, te in pairs])
-        lex_p = np.zeros((len(rows), n), dtype=np.float32)
-        head_p = np.zeros((len(rows), n), dtype=np.float32)
-        for train, test in pairs:
-            w, b = train_sparse(sparse.subset(train), y[train], n)
-            lex_p[test] = softmax(sparse.subset(test).logits(w.astype(np.float64),
-                                                             b.astype(np.float64)).astype(np.float32))
-            hw, hb = train_dense(emb[train], y[train], n)
-            head_p[test] = softmax(emb[test] @ hw + hb)
+        cache = Path(f"/tmp/routegate_cv_{split_name.split()[0]}_{len(rows)}.npz")
+        if cache.exists():
+            with np.load(cache) as saved:
+                lex_p, head_p = saved["lex"], saved["head"]
+        else:
+            lex_p = np.zeros((len(rows), n), dtype=np.float32)
+            head_p = np.zeros((len(rows), n), dtype=np.float32)
+            for train, test in pairs:
+                w, b = train_sparse(sparse.subset(train), y[train], n)
+                lex_p[test] = softmax(sparse.subset(test).logits(
+                    w.astype(np.float64), b.astype(np.float64)).astype(np.float32))
+                hw, hb = train_dense(emb[train], y[train], n)
+                head_p[test] = softmax(emb[test] @ hw + hb)
+            np.savez(cache, lex=lex_p, head=head_p)
         yt = y[test_all]
         res: dict[str, float] = {}
         res["lexical"] = macro_f1(yt, lex_p[test_all].argmax(1), n)
@@ -255,10 +263,10 @@ def main() -> int:
             index.temperature = temp
             knn_p = index.predict_proba(emb[test_all])
             res[f"knn T={temp}"] = macro_f1(yt, knn_p.argmax(1), n)
-            for kw in (0.0, 0.25, 0.5, 1.0):
+            for kw in (0.25, 0.5, 1.0, 1.5, 2.0, 3.0):
                 model_p = mix_known(CATEGORIES, knn_p, CATEGORIES, head_p[test_all], kw, 1.0)
                 res[f"head+knn T={temp} w={kw}"] = macro_f1(yt, model_p.argmax(1), n)
-                for beta in (0.5, 1.0, 1.5):
+                for beta in (0.5, 1.0, 1.5, 2.0):
                     full = mix_known(CATEGORIES, model_p, CATEGORIES, lex_p[test_all], 1.0, beta)
                     score = macro_f1(yt, full.argmax(1), n)
                     res[f"lex+head+knn T={temp} w={kw} b={beta}"] = score

@@ -83,6 +83,14 @@ class Embedder:
     def estimate_ms(self, tokens: int) -> float:
         return self.overhead_ms + self.per_token_ms * tokens
 
+    def observe(self, tokens: int, elapsed_ms: float) -> None:
+        """Follow the machine's current speed (other load shares these cores): an
+        exponential average of the per-token cost implied by each real call."""
+        if tokens <= 0:
+            return
+        implied = max(0.01, (elapsed_ms - self.overhead_ms) / tokens)
+        self.per_token_ms = 0.9 * self.per_token_ms + 0.1 * min(implied, 10 * self.per_token_ms)
+
     def calibrate(self, rounds: int = 3) -> None:
         """Measure this machine's cost per token (warms the model up as well)."""
         short = "hello " * 12

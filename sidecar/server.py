@@ -220,9 +220,12 @@ class SidecarServer:
     def _run_batch(self, jobs: list[_Job]) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
         vectors = self.embedder.embed([job.text for job in jobs])
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        self.embedder.observe(sum(job.tokens for job in jobs), elapsed_ms)
         index = self._index
-        assert index is not None
-        return index.predict_proba(vectors), (time.perf_counter() - started) * 1000.0
+        if index is None:
+            raise RuntimeError("no routes configured")
+        return index.predict_proba(vectors), elapsed_ms
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -269,7 +272,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="routegate sidecar", description=__doc__)
     parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
     parser.add_argument("--model", default="", help="GGUF path (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="1 is steadier on a 2-core machine shared with the gateway")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--gpu-layers", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=128,
