@@ -12,6 +12,8 @@ def default_extensions(config: GatewayConfig) -> list[Extension]:
     extensions: list[Extension] = []
     from routegate.otel import TelemetryExtension  # off (no observer) unless an endpoint is set
     extensions.append(TelemetryExtension(config.telemetry))
+    from routegate.middleware.ingress_anthropic import AnthropicIngress  # POST {prefix}/messages
+    extensions.append(AnthropicIngress())
     from routegate.middleware.admin import AdaptiveExtension  # health, budgets, feedback, /admin
     extensions.append(AdaptiveExtension())
     return extensions

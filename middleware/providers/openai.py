@@ -10,6 +10,8 @@ looked into.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import msgspec
 
@@ -174,8 +176,9 @@ class OpenAIStreamTranslator:
 class _Delta(msgspec.Struct):
     content: str | None = None
     refusal: str | None = None
-    tool_calls: msgspec.Raw | None = None
-    function_call: msgspec.Raw | None = None
+    # msgspec.Raw cannot sit in a union (``Raw | None`` rejects every non-null value)
+    tool_calls: list[Any] | None = None
+    function_call: dict[str, Any] | None = None
 
 
 class _Choice(msgspec.Struct):
