@@ -206,7 +206,7 @@ class AdaptiveConfig(_Section, frozen=True):
 
 class AdminConfig(_Section, frozen=True):
     token_env: str = ""  # env var holding the admin bearer token; empty or unset: no admin API
-    config_path: str = ""  # what /admin/reload re-reads; empty: $ROUTEGATE_CONFIG or gateway.toml
+    config_path: str = ""  # what /admin/reload re-reads; empty: the file the config came from
 
 
 class ClientConfig(_Section, frozen=True):
@@ -332,10 +332,14 @@ def load_config(path: str | Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: invalid TOML: {exc}") from exc
     try:
-        return parse_config(raw)
+        config = parse_config(raw)
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc}") from exc
 
+    if not config.admin.config_path:  # /admin/reload re-reads the file the config came from
+        config = msgspec.structs.replace(config, admin=msgspec.structs.replace(
+            config.admin, config_path=str(file)))
+    return config
 
 def resolve_config_path(explicit: str | None = None) -> Path:
     """``--config``, else ``ROUTEGATE_CONFIG``, else ./gateway.toml."""
