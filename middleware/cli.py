@@ -32,7 +32,8 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
     uvicorn.run(create_app(config), host=host, port=port, loop="uvloop", http="httptools",
-                lifespan="on", log_level=config.server.log_level, access_log=False)
+                lifespan="on", log_level=config.server.log_level, access_log=False,
+                proxy_headers=False)  # X-Forwarded-* rewriting costs per request; unused here
     return 0
 
 

@@ -138,9 +138,10 @@ class ServerConfig(_Section, frozen=True):
     max_body_bytes: int = 4 * 1024 * 1024
     request_timeout_s: float = 120.0  # one deadline for every attempt before the first byte
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # Upstream HTTP stack behind the httpx API: httpx's own pool, or aiohttp's (faster under
-    # concurrency, measured in bench/). Both keep keep-alive connections per provider.
-    upstream_transport: Literal["httpx", "aiohttp"] = "aiohttp"
+    # Upstream HTTP stack behind the httpx API: httpx's own pool, aiohttp's, or routegate's
+    # FastTransport (middleware/transport.py: the least CPU per request, measured in
+    # bench/gateway_bench.py). All keep keep-alive connections per provider.
+    upstream_transport: Literal["httpx", "aiohttp", "fast"] = "fast"
 
 
 class RetryConfig(_Section, frozen=True):

@@ -29,6 +29,7 @@ from routegate.middleware.providers.base import (
     StreamTranslator,
     UpstreamFailure,
 )
+from routegate.middleware.transport import raw_chunks, send_upstream
 from routegate.middleware.wire.openai import Usage
 
 __all__ = ["PoolModel", "Relay", "cost_usd"]
@@ -160,7 +161,7 @@ class Relay:
                      upstream: httpx.Request, limit: float, send: Send) -> UpstreamFailure | None:
         try:
             async with asyncio.timeout(limit):
-                response = await self._client.send(upstream)
+                response = await send_upstream(self._client, upstream)
         except TimeoutError:
             return UpstreamFailure("timeout", f"no answer within {limit:.3g}s")
         except _CONNECT_ERRORS as exc:
@@ -219,13 +220,13 @@ class Relay:
         failure: UpstreamFailure | None = None
         try:
             async with asyncio.timeout(first_token_limit):
-                response = await self._client.send(upstream, stream=True)
+                response = await send_upstream(self._client, upstream, stream=True)
                 if response.status_code != 200:
                     body = await _read_limited(response)
                     failure = pool_model.adapter.judge_error(response.status_code, body,
                                                              response.headers)
                 else:
-                    chunks = response.aiter_raw()
+                    chunks = raw_chunks(response)
                     while not translator.started:
                         first += translator.feed(await anext(chunks))
         except TimeoutError:

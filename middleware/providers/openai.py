@@ -39,13 +39,17 @@ _POLICY_CODES = frozenset({"content_policy_violation", "content_filter", "modera
 
 class OpenAIAdapter:
     def __init__(self, provider: ProviderConfig, api_key: str | None) -> None:
-        self._url = provider.base_url.rstrip("/") + "/chat/completions"
+        self._url = httpx.URL(provider.base_url.rstrip("/") + "/chat/completions")
         # identity: stream bytes are relayed raw, so they must not arrive compressed
         headers = {"content-type": "application/json", "accept-encoding": "identity",
                    **provider.headers}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         self._headers = headers
+        # Parsed and encoded once: httpx would redo both (URL merging, header normalising,
+        # content sniffing) for every request through client.build_request.
+        self._raw_headers = [(b"host", self._url.netloc), (b"user-agent", b"routegate"),
+                             *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())]
 
     def build_request(self, client: httpx.AsyncClient, request: ClientRequest,
                       model: ModelConfig, upstream_model: str) -> httpx.Request:
@@ -53,7 +57,11 @@ class OpenAIAdapter:
         fields["model"] = msgspec.Raw(_encode(upstream_model))
         if request.stream:
             fields["stream_options"] = _STREAM_OPTIONS
-        return client.build_request("POST", self._url, content=_encode(fields), headers=self._headers)
+        body = _encode(fields)
+        upstream = httpx.Request("POST", self._url, stream=httpx.ByteStream(body),
+                                 headers=[*self._raw_headers, (b"content-length", b"%d" % len(body))])
+        upstream.read()  # the body is known: keep ``upstream.content`` readable, as content= would
+        return upstream
 
     def judge_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamFailure:
         return judge_openai_error(status, body, headers)
