@@ -1,6 +1,7 @@
 """The ``routegate`` console script.
 
     routegate serve [--config FILE] [--host H] [--port P]   run the standalone gateway
+    routegate audit GOLDEN.jsonl [--url URL] [--feed] ...    golden set through every path
     routegate classify ... / routegate sidecar ...           (from routegate.sidecar.cli)
 """
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=_serve)
+    from routegate.middleware.audit import register as register_audit
+
+    register_audit(sub)
     return parser
 
 
