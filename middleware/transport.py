@@ -471,6 +471,7 @@ class _Pool:
             raise
         connection = made[-1]
         connection.counted = True
+        self._transport.connections_opened += 1
         return connection
 
     def release(self, connection: _Connection) -> None:
@@ -523,6 +524,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._verify = verify
         self._ssl: ssl.SSLContext | None = verify if isinstance(verify, ssl.SSLContext) else None
         self._pools: dict[tuple[bytes, str, int], _Pool] = {}
+        self.connections_opened = 0  # for tests and stats: how well keep-alive works
 
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:  # built on first use: loading trust stores costs milliseconds

@@ -1,0 +1,295 @@
+"""FastTransport against real servers on 127.0.0.1: the fake provider (uvicorn in a thread)
+and small scripted HTTP/1.1 servers for the misbehaviours uvicorn will not produce."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.fakes import FakeProvider, serve_in_thread
+from routegate.middleware.transport import FastTransport, raw_chunks, send_upstream
+
+KEY = {"authorization": "Bearer sk-test-provider-secret"}
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+CONTENT = re.compile(rb'"content":"[^"]')  # a non-empty content delta
+OK = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
+
+Script = Callable[["ScriptedServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class ScriptedServer:
+    """Runs ``script`` for every accepted connection; counts connections and requests."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests = 0
+        self.bodies: list[bytes] = []
+        self.release = asyncio.Event()  # lets scripts that hang finish at teardown
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bool:
+        """One request (head and body); False when the client closed instead."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return False
+        lines = head.decode("latin-1").lower().split("\r\n")
+        length = next((int(line.split(":")[1]) for line in lines if line.startswith("content-length:")), 0)
+        if any(line.startswith("transfer-encoding:") and "chunked" in line for line in lines):
+            body = b""
+            while True:
+                size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+                body += (await reader.readexactly(size + 2))[:-2]
+                if size == 0:
+                    break
+        else:
+            body = await reader.readexactly(length)
+        self.requests += 1
+        self.bodies.append(body)
+        return True
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.script(self, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def scripted(script: Script, *, tls: ssl.SSLContext | None = None
+                   ) -> AsyncIterator[tuple[ScriptedServer, str]]:
+    state = ScriptedServer(script)
+    server = await asyncio.start_server(state.serve, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield state, f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    finally:
+        state.release.set()
+        server.close()
+
+
+async def keep_alive(server: ScriptedServer, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+    while await server.read_request(reader):
+        writer.write(OK)
+
+
+# -- against the fake provider (uvicorn, keep-alive, chunked streaming) --------------------------
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    fake = FakeProvider(kind="openai")
+    with serve_in_thread(fake) as url:
+        transport = FastTransport()
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(3):
+                response = await client.post(url + "/v1/chat/completions", json=CHAT, headers=KEY)
+                assert response.status_code == 200
+                assert response.json()["object"] == "chat.completion"
+        assert transport.connections_opened == 1
+        assert len(fake.requests) == 3
+
+
+async def test_chunked_stream_arrives_piece_by_piece() -> None:
+    """Causality, not stopwatch: whenever the client holds content event k, the provider has
+    sent exactly k (the next is 200 ms away), so nothing was held back."""
+    fake = FakeProvider(kind="openai", chunks=5, chunk_delay_s=0.2)
+    with serve_in_thread(fake) as url:
+        transport = FastTransport()
+        async with httpx.AsyncClient(transport=transport) as client:
+            request = client.build_request("POST", url + "/v1/chat/completions", headers=KEY,
+                                           json={**CHAT, "stream": True})
+            response = await send_upstream(client, request, stream=True)
+            assert response.headers["transfer-encoding"] == "chunked"
+            seen, held = 0, []
+            async for piece in raw_chunks(response):
+                events = len(CONTENT.findall(piece))
+                if events:
+                    seen += events
+                    held.append((seen, fake.streams[-1].chunks_sent))
+            await response.aclose()
+        assert [k for k, _ in held] == [1, 2, 3, 4, 5]
+        assert all(seen == sent for seen, sent in held)
+
+
+async def test_closing_mid_body_closes_the_connection() -> None:
+    fake = FakeProvider(kind="openai", chunks=50, chunk_delay_s=0.05)
+    with serve_in_thread(fake) as url:
+        transport = FastTransport()
+        async with httpx.AsyncClient(transport=transport) as client:
+            async with client.stream("POST", url + "/v1/chat/completions", headers=KEY,
+                                     json={**CHAT, "stream": True}) as response:
+                async for _ in response.aiter_raw():
+                    break
+            record = await asyncio.to_thread(fake.wait_for_stream_close, 5.0)
+            assert record.client_disconnected
+            assert record.chunks_sent < 50
+            # the broken connection is not handed out again: the next request opens a new one
+            response = await client.post(url + "/v1/chat/completions", json=CHAT, headers=KEY)
+            assert response.status_code == 200
+        assert transport.connections_opened == 2
+
+
+async def test_pool_limit_queues_requests_and_times_out() -> None:
+    fake = FakeProvider(kind="openai", chunks=50, chunk_delay_s=0.05)
+    with serve_in_thread(fake) as url:
+        transport = FastTransport(limits=httpx.Limits(max_connections=1))
+        async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0, pool=0.2)) as client:
+            answers = await asyncio.gather(*(client.post(url + "/v1/chat/completions", json=CHAT,
+                                                         headers=KEY) for _ in range(4)))
+            assert [r.status_code for r in answers] == [200] * 4
+            assert transport.connections_opened == 1
+            async with client.stream("POST", url + "/v1/chat/completions", headers=KEY,
+                                     json={**CHAT, "stream": True}):
+                with pytest.raises(httpx.PoolTimeout):
+                    await client.post(url + "/v1/chat/completions", json=CHAT, headers=KEY)
+
+
+# -- scripted servers: what uvicorn will not do -------------------------------------------------
+
+async def test_dead_idle_connection_is_retried_once_on_a_new_one() -> None:
+    """The server dropped the kept-alive connection as the next request went out (it read the
+    request and closed without a byte): the request is sent again on a fresh connection."""
+
+    async def answer_once_then_drop(server: ScriptedServer, reader: asyncio.StreamReader,
+                                    writer: asyncio.StreamWriter) -> None:
+        if await server.read_request(reader):
+            writer.write(OK)
+            await server.read_request(reader)  # the next request: dropped unanswered
+
+    async with scripted(answer_once_then_drop) as (server, url):
+        transport = FastTransport()
+        async with httpx.AsyncClient(transport=transport) as client:
+            assert (await client.post(url, content=b"one")).text == "ok"
+            assert (await client.post(url, content=b"two")).text == "ok"
+        assert server.connections == 2
+        assert server.bodies == [b"one", b"two", b"two"]
+
+
+async def test_idle_connection_closed_by_the_server_is_not_reused() -> None:
+    async def answer_and_close(server: ScriptedServer, reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        if await server.read_request(reader):
+            writer.write(OK)  # keep-alive allowed, yet the server closes (idle timeout)
+
+    async with scripted(answer_and_close) as (server, url):
+        transport = FastTransport()
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(3):
+                assert (await client.get(url)).text == "ok"
+        assert server.connections == 3
+        assert server.requests <= 5  # at most one resend per request
+
+
+async def test_fresh_connection_dropped_before_the_answer_is_not_retried() -> None:
+    async def drop(server: ScriptedServer, reader: asyncio.StreamReader,
+                   writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+
+    async with scripted(drop) as (server, url):
+        async with httpx.AsyncClient(transport=FastTransport()) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.post(url, content=b"x")
+        assert server.requests == 1
+
+
+async def test_connection_broken_mid_body_raises() -> None:
+    async def short_body(server: ScriptedServer, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        if await server.read_request(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+
+    async with (scripted(short_body) as (_, url),
+                httpx.AsyncClient(transport=FastTransport()) as client,
+                client.stream("GET", url) as response):
+        assert response.status_code == 200
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await response.aread()
+
+
+async def test_body_until_close_and_chunked_request_body() -> None:
+    async def echo_until_close(server: ScriptedServer, reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        if await server.read_request(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\ngot " + server.bodies[-1])
+
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"a", b"bc", b"def"):
+            yield part
+
+    async with (scripted(echo_until_close) as (_, url),
+                httpx.AsyncClient(transport=FastTransport()) as client):
+        response = await client.post(url, content=parts())
+        assert response.text == "got abcdef"
+
+
+async def test_malformed_answer_is_a_protocol_error() -> None:
+    async def garbage(server: ScriptedServer, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        if await server.read_request(reader):
+            writer.write(b"SMTP ready\r\n\r\n")
+
+    async with scripted(garbage) as (_, url), httpx.AsyncClient(transport=FastTransport()) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(url)
+
+
+async def test_silent_server_is_a_read_timeout() -> None:
+    async def silent(server: ScriptedServer, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        await server.release.wait()
+
+    async with scripted(silent) as (_, url), httpx.AsyncClient(transport=FastTransport(),
+                                 timeout=httpx.Timeout(5.0, read=0.2)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(url)
+
+
+async def test_connection_refused_is_a_connect_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connecting is refused
+        async with httpx.AsyncClient(transport=FastTransport()) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{port}/")
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl CLI to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+async def test_tls_verifies_the_server(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    async with scripted(keep_alive, tls=server_tls) as (server, url):
+        trusting = FastTransport(verify=ssl.create_default_context(cafile=str(cert)))
+        async with httpx.AsyncClient(transport=trusting) as client:
+            for _ in range(2):
+                assert (await client.get(url)).text == "ok"
+        assert server.connections == 1
+        async with httpx.AsyncClient(transport=FastTransport()) as client:  # public CAs only
+            with pytest.raises(httpx.ConnectError):
+                await client.get(url)
