@@ -40,6 +40,12 @@ class AttemptInfo:
     committed: bool = False  # bytes of this attempt reached the client
     error_after_first_byte: str | None = None
     client_disconnected: bool = False
+    continuation_of: int | None = None  # mid-stream recovery: index of the attempt continued
+
+    @property
+    def usage_estimated(self) -> bool:
+        """``usage`` was counted by the gateway: the provider reported none."""
+        return getattr(self.usage, "estimated", False) is True
 
     @property
     def ttft_s(self) -> float | None:
@@ -69,6 +75,7 @@ class RequestContext:
     attempts: list[AttemptInfo] = field(default_factory=list)
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)  # per-observer scratch space
+    recoveries: int = 0  # streams broken mid-answer and continued on another model
 
 
 class Observer(Protocol):

@@ -29,6 +29,8 @@ from routegate.middleware.providers.base import (
     StreamTranslator,
     UpstreamFailure,
 )
+from routegate.middleware.recovery import OutputTape, Splicer, continuation_request
+from routegate.middleware.tokens import TokenEstimator
 from routegate.middleware.transport import raw_chunks, send_upstream
 from routegate.middleware.wire.openai import Usage
 
@@ -66,6 +68,9 @@ class Relay:
         self._client = client
         self._pool = pool
         self._observers = observers
+        self._recovery = config.recovery
+        # Counts tokens for answers that come without usage (tokenizer loaded on first need).
+        self._tokens = TokenEstimator(config.usage) if config.usage.estimate else None
 
     async def run(self, ctx: RequestContext, request: ClientRequest, models: tuple[str, ...],
                   send: Send, receive: Receive) -> RequestOutcome:
@@ -77,6 +82,9 @@ class Relay:
         context_failure: UpstreamFailure | None = None
         waited_retry_after: set[str] = set()
         position = 0
+        # Keeps the answer's bytes (no parsing) for token estimates and mid-stream recovery.
+        tape = OutputTape(send) if self._tokens is not None or self._recovering(request) else None
+        send = tape or send
         while position < len(models) and len(ctx.attempts) < retry.max_attempts:
             pool_model = self._pool[models[position]]
             if pool_model.config.context_window <= context_floor:
@@ -91,10 +99,16 @@ class Relay:
                                   upstream_model=pool_model.upstream_model,
                                   started_at=time.perf_counter())
             ctx.attempts.append(attempt)
+            mark = tape.mark() if tape is not None else 0
             failure = await self._attempt(ctx, attempt, pool_model, request, remaining, send, receive)
             attempt.ended_at = time.perf_counter()
             if failure is None:
+                await self._estimate_usage(attempt, pool_model, request, tape, mark)
                 self._observers.on_attempt_end(ctx, attempt)
+                if (attempt.error_after_first_byte and not attempt.client_disconnected
+                        and self._recovering(request) and tape is not None):
+                    return await self._recover(ctx, request, models[position + 1:], attempt,
+                                               tape, send, receive)
                 if attempt.client_disconnected:
                     return RequestOutcome(499, "disconnected", pool_model.name)
                 if attempt.error_after_first_byte:
@@ -122,6 +136,65 @@ class Relay:
                 break
             await asyncio.sleep(wait)
         raise self._all_failed(failures, context_failure, bool(models))
+
+    def _recovering(self, request: ClientRequest) -> bool:
+        return request.stream and self._recovery.mode == "continue"
+
+    async def _estimate_usage(self, attempt: AttemptInfo, pool_model: PoolModel,
+                              request: ClientRequest, tape: OutputTape | None, mark: int) -> None:
+        """Usage for an answer whose provider reported none, counted from what was sent."""
+        if attempt.usage is not None or not attempt.committed or tape is None:
+            return
+        if self._tokens is None:
+            return
+        output = tape.output(mark)
+        attempt.usage = await self._tokens.estimate(request, output.text + output.tool_text)
+        attempt.cost_usd = cost_usd(pool_model.config, attempt.usage)
+
+    async def _recover(self, ctx: RequestContext, request: ClientRequest,
+                       candidates: tuple[str, ...], broken: AttemptInfo, tape: OutputTape,
+                       send: Send, receive: Receive) -> RequestOutcome:
+        """Finish a stream that broke after content started on the next candidates, spliced
+        into the same client stream; the in-band error if that is not possible."""
+        failed = RequestOutcome(200, "error", broken.model, "stream_interrupted")
+        output = tape.output()
+        error = broken.error_after_first_byte or "stream interrupted"
+        if output.tool_calls or output.finished or ctx.recoveries >= self._recovery.max_splices:
+            await send({"type": "http.response.body", "body": _sse_error(error), "more_body": False})
+            return failed
+        ctx.recoveries += 1
+        continuation = continuation_request(request, output.text, self._recovery.instruction)
+        for position, name in enumerate(candidates):
+            pool_model = self._pool[name]
+            attempt = AttemptInfo(index=len(ctx.attempts), model=name,
+                                  provider=pool_model.provider_name,
+                                  provider_type=pool_model.provider.type,
+                                  upstream_model=pool_model.upstream_model,
+                                  started_at=time.perf_counter(), continuation_of=broken.index)
+            ctx.attempts.append(attempt)
+            mark = tape.mark()
+            splicer = Splicer(send, output.text)
+            timeouts = pool_model.provider.timeouts
+            failure = await self._attempt(ctx, attempt, pool_model, continuation,
+                                          timeouts.first_token_s, splicer, receive)
+            attempt.ended_at = time.perf_counter()
+            attempt.failure = failure
+            if failure is None:
+                await self._estimate_usage(attempt, pool_model, continuation, tape, mark)
+            self._observers.on_attempt_end(ctx, attempt)
+            if failure is not None:
+                log.info("continuation on %s failed: %s", name, failure.detail)
+                continue
+            log.info("stream of %s broke (%s); continued on %s", broken.model, error, name)
+            if attempt.client_disconnected:
+                return RequestOutcome(499, "disconnected", name)
+            if attempt.error_after_first_byte:
+                await splicer.release()
+                return await self._recover(ctx, request, candidates[position + 1:], attempt,
+                                           tape, send, receive)
+            return RequestOutcome(200, "success", name)
+        await send({"type": "http.response.body", "body": _sse_error(error), "more_body": False})
+        return failed
 
     @staticmethod
     def _all_failed(failures: list[tuple[str, UpstreamFailure]],
@@ -293,6 +366,8 @@ class Relay:
             error = "upstream stream ended before the answer was complete"
         if error is not None:
             attempt.error_after_first_byte = error
+            if self._recovery.mode == "continue":
+                return  # run() continues the answer elsewhere, or ends it with the error
             tail = _sse_error(error)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 

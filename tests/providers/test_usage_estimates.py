@@ -1,0 +1,95 @@
+"""Token counts for answers without usage: counted with the local GGUF's tokenizer and marked
+as estimated."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import llama_cpp
+import msgspec
+import pytest
+
+from bench.fakes import FakeProvider, Fault, serve_in_thread
+from routegate.middleware import create_app
+from routegate.middleware.config import UsageConfig
+from routegate.middleware.providers.base import ClientRequest
+from routegate.middleware.tokens import EstimatedUsage, TokenEstimator
+from routegate.middleware.wire.openai import ChatRequest
+from routegate.sidecar.local_llm import default_model_path
+from tests.providers.native_pool import model, native_config
+from tests.providers.test_midstream_recovery import Recorder
+
+ANSWER = "Tokenizers split text into pieces; this answer came without any usage."
+PROMPT = [{"role": "user", "content": "Count my tokens, please"}]
+
+
+@pytest.fixture(scope="module")
+def vocab() -> llama_cpp.Llama:
+    return llama_cpp.Llama(default_model_path(), vocab_only=True, verbose=False)
+
+
+def tokens(vocab: llama_cpp.Llama, text: str) -> int:
+    return len(vocab.tokenize(text.encode(), False, False))
+
+
+@pytest.fixture
+def no_usage_gateway() -> Iterator[tuple[FakeProvider, Recorder, str]]:
+    fake = FakeProvider(kind="openai")
+    recorder = Recorder()
+    with serve_in_thread(fake) as fake_url:
+        config = native_config({"p": ("openai", fake_url)}, {"primary": model("p", "up")})
+        app = create_app(config)
+        app.gateway.observers.add(recorder)
+        with serve_in_thread(app, lifespan="on") as url:
+            yield fake, recorder, url
+
+
+def _ask(url: str, stream: bool) -> bytes:
+    return httpx.post(url + "/v1/chat/completions", timeout=15, json={
+        "model": "primary", "stream": stream, "messages": PROMPT}).content
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_missing_usage_is_estimated_with_the_gguf_tokenizer(
+        no_usage_gateway: tuple[FakeProvider, Recorder, str], vocab: llama_cpp.Llama,
+        stream: bool) -> None:
+    fake, recorder, url = no_usage_gateway
+    if stream:
+        half = len(ANSWER) // 2
+        events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+                  {"choices": [{"index": 0, "delta": {"content": ANSWER[:half]}}]},
+                  {"choices": [{"index": 0, "delta": {"content": ANSWER[half:]},
+                                "finish_reason": "stop"}]}]
+        body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    else:
+        body = json.dumps({"id": "x", "object": "chat.completion", "model": "up", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": ANSWER},
+             "finish_reason": "stop"}]})
+    fake.set_default(Fault.status(200, body=body))
+    assert ANSWER[-10:].encode() in _ask(url, stream)
+    attempt = recorder.last().attempts[0]
+    assert attempt.usage_estimated
+    assert isinstance(attempt.usage, EstimatedUsage)
+    assert attempt.usage.completion_tokens == tokens(vocab, ANSWER)
+    prompt = tokens(vocab, PROMPT[0]["content"])
+    assert prompt < attempt.usage.prompt_tokens <= prompt + 4
+    assert attempt.cost_usd is not None and attempt.cost_usd > 0
+
+
+def test_reported_usage_is_not_estimated(no_usage_gateway: tuple[FakeProvider, Recorder, str]) -> None:
+    _, recorder, url = no_usage_gateway
+    _ask(url, True)
+    attempt = recorder.last().attempts[0]
+    assert attempt.usage is not None and not attempt.usage_estimated
+
+
+async def test_without_a_tokenizer_the_estimate_falls_back_to_characters() -> None:
+    estimator = TokenEstimator(UsageConfig(tokenizer_path="/nonexistent/model.gguf"))
+    body = msgspec.json.encode({"model": "m", "messages": PROMPT})
+    request = ClientRequest(msgspec.json.decode(body, type=dict[str, msgspec.Raw]),
+                            msgspec.json.decode(body, type=ChatRequest), False)
+    usage = await estimator.estimate(request, "x" * 40)
+    assert estimator.method == "chars/4"
+    assert usage.completion_tokens == 10 and usage.estimated
