@@ -4,9 +4,14 @@ A fast fake OpenAI provider and the gateway run as separate processes on 127.0.0
 generator (wrk when installed, else a bounded Python loop) drives each scenario for a few
 seconds. Printed per scenario: requests/s, p50/p99 latency, the latency routegate adds, and
 routegate's CPU-µs per request read from /proc (user + system time of the gateway process),
-with ratios to the direct baseline measured in the same run.
+with ratios to the direct baseline measured in the same run. The fake provider's own CPU-µs
+per request is printed too: it is a bare uvicorn app, so it shows what one HTTP exchange costs
+on this machine (syscalls included), a floor to read the gateway's number against.
 
-    python -m bench.gateway_bench [--seconds 5] [--transports aiohttp,httpx]
+    python -m bench.gateway_bench [--seconds 5] [--transports fast,aiohttp,httpx]
+
+Transports: ``fast`` (routegate's own, middleware/transport.py, the default), ``aiohttp``
+(httpx-aiohttp), ``httpx`` (httpx's default, httpcore).
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _body(model: str, stream: bool) -> str:
-    return ('{"model":"%s","messages":[{"role":"user","content":"Write one sentence about '
-            'routing."}],"max_tokens":64%s}' % (model, ',"stream":true' if stream else ""))
+    tail = ',"stream":true' if stream else ""
+    return ('{"model":"' + model + '","messages":[{"role":"user","content":"Write one sentence '
+            'about routing."}],"max_tokens":64' + tail + "}")
 
 
 @dataclass
@@ -44,6 +50,7 @@ class Result:
     p99_ms: float
     cpu_us: float | None = None
     errors: int = 0
+    provider_cpu_us: float | None = None
 
 
 def _free_port() -> int:
@@ -98,12 +105,11 @@ capabilities = {{ chat = 0.9 }}
 
 
 def _wrk(url: str, body: str, connections: int, seconds: float) -> Result:
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     escaped = body.replace("\\", "\\\\").replace('"', '\\"')
-    script.write(f'wrk.method = "POST"\nwrk.body = "{escaped}"\n'
-                 'wrk.headers["Content-Type"] = "application/json"\n'
-                 'wrk.headers["Authorization"] = "Bearer bench"\n')
-    script.close()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = "{escaped}"\n'
+                     'wrk.headers["Content-Type"] = "application/json"\n'
+                     'wrk.headers["Authorization"] = "Bearer bench"\n')
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
                           "-s", script.name, url], capture_output=True, text=True, check=True).stdout
     os.unlink(script.name)
@@ -148,22 +154,25 @@ def _python_load(url: str, body: str, connections: int, seconds: float) -> Resul
 
 
 def measure(name: str, url: str, body: str, connections: int, seconds: float,
-            gateway_pid: int | None) -> Result:
+            gateway_pid: int | None, provider_pid: int | None = None) -> Result:
     load = _wrk if shutil.which("wrk") else _python_load
     load(url, body, connections, 1.0)  # warm up connections and caches
     cpu_before = _cpu_seconds(gateway_pid) if gateway_pid else 0.0
+    provider_before = _cpu_seconds(provider_pid) if provider_pid else 0.0
     result = load(url, body, connections, seconds)
     result.name = name
+    requests = max(1.0, result.rps * seconds)
     if gateway_pid:
-        requests = result.rps * seconds
         result.cpu_us = (_cpu_seconds(gateway_pid) - cpu_before) / requests * 1e6
+    if provider_pid:
+        result.provider_cpu_us = (_cpu_seconds(provider_pid) - provider_before) / requests * 1e6
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--transports", default="aiohttp,httpx")
+    parser.add_argument("--transports", default="fast,aiohttp,httpx")
     args = parser.parse_args(argv)
     os.environ["ROUTEGATE_BENCH_KEY"] = "bench"
     fake_port = _free_port()
@@ -173,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load generator: {'wrk' if shutil.which('wrk') else 'python loop'}; "
           f"{args.seconds:g}s per scenario; 2 cores shared by load, fake provider and gateway")
     results: list[Result] = []
-    with _process(fake_cmd, fake_url + "/v1/models"):
+    with _process(fake_cmd, fake_url + "/v1/models") as fake:
         direct = fake_url + "/v1/chat/completions"
         for connections in (16, 64):
             results.append(measure(f"direct  json  c{connections}", direct,
                                    _body("bench-up", False), connections,
-                                   args.seconds, None))
+                                   args.seconds, None, fake.pid))
         results.append(measure("direct  sse20 c16", direct, _body("bench-up", True), 16,
-                               args.seconds, None))
+                               args.seconds, None, fake.pid))
         for transport in args.transports.split(","):
             config = Path(tempfile.mkdtemp()) / "gateway.toml"
             config.write_text(_config(fake_url, transport))
@@ -192,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
                 for connections in (16, 64):
                     results.append(measure(f"{transport:7} json  c{connections}", url,
                                            _body("bench", False), connections,
-                                           args.seconds, gateway.pid))
+                                           args.seconds, gateway.pid, fake.pid))
                 results.append(measure(f"{transport:7} sse20 c16", url,
-                                       _body("bench", True), 16, args.seconds, gateway.pid))
+                                       _body("bench", True), 16, args.seconds, gateway.pid,
+                                       fake.pid))
     _report(results)
     return 0
 
@@ -202,14 +212,15 @@ def main(argv: list[str] | None = None) -> int:
 def _report(results: list[Result]) -> None:
     baseline = {r.name.split()[1] + r.name.split()[2]: r for r in results if r.name.startswith("direct")}
     print(f"\n{'scenario':22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} "
-          f"{'rps/direct':>10} {'CPU-µs/req':>11} {'non-2xx':>8}")
+          f"{'rps/direct':>10} {'CPU-µs/req':>11} {'fake CPU-µs':>12} {'non-2xx':>8}")
     for r in results:
         base = baseline[r.name.split()[1] + r.name.split()[2]]
         added = "" if r is base else f"{r.p50_ms - base.p50_ms:+.2f}"
         ratio = "" if r is base else f"{r.rps / base.rps:.2f}"
         cpu = "" if r.cpu_us is None else f"{r.cpu_us:.0f}"
+        fake = "" if r.provider_cpu_us is None else f"{r.provider_cpu_us:.0f}"
         print(f"{r.name:22} {r.rps:8.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {added:>10} {ratio:>10} "
-              f"{cpu:>11} {r.errors:8d}")
+              f"{cpu:>11} {fake:>12} {r.errors:8d}")
     for transport in sorted({r.name.split()[0] for r in results} - {"direct"}):
         rows = {r.name.split()[1] + r.name.split()[2]: r for r in results
                 if r.name.split()[0] == transport}
