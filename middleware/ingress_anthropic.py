@@ -19,6 +19,7 @@ from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadToo
 from routegate.middleware.gateway import Gateway
 from routegate.middleware.observe import RequestContext, RequestOutcome
 from routegate.middleware.providers.base import ClientRequest
+from routegate.middleware.tokens import TokenEstimator
 from routegate.middleware.wire.anthropic import (
     STOP_REASONS,
     from_anthropic_request,
@@ -48,10 +49,14 @@ class AnthropicIngress:
 
     def __init__(self) -> None:
         self._gateway: Gateway | None = None
+        self._tokens: TokenEstimator | None = None
 
     async def start(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        gateway.endpoints[gateway.config.server.prefix + "/messages"] = self.messages
+        self._tokens = TokenEstimator(gateway.config.usage)
+        prefix = gateway.config.server.prefix
+        gateway.endpoints[prefix + "/messages"] = self.messages
+        gateway.endpoints[prefix + "/messages/count_tokens"] = self.count_tokens
 
     async def stop(self) -> None:
         self._gateway = None
@@ -71,9 +76,32 @@ class AnthropicIngress:
         except GatewayError as exc:
             if translated.started:
                 raise  # the answer began; the relay already ended it in-band
-            await _respond(send, ctx, exc.status, anthropic_error_body(exc.status, _message(exc)))
+            await _respond(send, ctx, exc.status, anthropic_error_body(exc.status, _message(exc)),
+                           [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()])
             return RequestOutcome(exc.status, "client_error" if exc.status < 500 else "error",
                                   error_type=exc.code or exc.type)
+
+
+    async def count_tokens(self, scope: Scope, ctx: RequestContext, receive: Receive,
+                           send: Send) -> RequestOutcome:
+        """``{"input_tokens": n}``, counted with the gateway's tokenizer: the pool's models
+        tokenize differently, so this is an estimate (``x-routegate-estimated: true``)."""
+        gateway, tokens = self._gateway, self._tokens
+        assert gateway is not None and tokens is not None, "AnthropicIngress.start() was not awaited"
+        try:
+            if scope["method"] != "POST":
+                raise GatewayError("Use POST for this endpoint", status=405,
+                                   code="method_not_allowed")
+            body = await _read_body(receive, gateway.config.server.max_body_bytes)
+            request = _client_request(body, count_only=True)
+            usage = await tokens.estimate(request, "")
+        except GatewayError as exc:
+            await _respond(send, ctx, exc.status, anthropic_error_body(exc.status, exc.message))
+            return RequestOutcome(exc.status, "client_error" if exc.status < 500 else "error",
+                                  error_type=exc.code or exc.type)
+        await _respond(send, ctx, 200, _encode({"input_tokens": usage.prompt_tokens}),
+                       [(b"x-routegate-estimated", b"true")])
+        return RequestOutcome(200, "success")
 
 
 def _message(exc: GatewayError) -> str:
@@ -88,7 +116,7 @@ def _message(exc: GatewayError) -> str:
     return exc.message
 
 
-def _client_request(body: bytes) -> ClientRequest:
+def _client_request(body: bytes, *, count_only: bool = False) -> ClientRequest:
     try:
         decoded = _decode_any.decode(body)
     except msgspec.DecodeError as exc:
@@ -96,6 +124,8 @@ def _client_request(body: bytes) -> ClientRequest:
                              code="invalid_json") from exc
     if not isinstance(decoded, dict):
         raise InvalidRequest("The request body must be a JSON object", code="invalid_json")
+    if count_only:  # count_tokens bodies carry no max_tokens
+        decoded = {**decoded, "max_tokens": 1, "stream": False}
     try:
         openai_body = _encode(from_anthropic_request(decoded))
     except ValueError as exc:
@@ -317,9 +347,10 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def _respond(send: Send, ctx: RequestContext, status: int, body: bytes) -> None:
+async def _respond(send: Send, ctx: RequestContext, status: int, body: bytes,
+                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()),
-               (b"x-request-id", ctx.request_id.encode()), *ctx.response_headers]
+               (b"x-request-id", ctx.request_id.encode()), *ctx.response_headers, *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -192,7 +192,7 @@ def _generation_config(fields: dict[str, msgspec.Raw]) -> dict[str, Any]:
     for openai_name, gemini_name in (("temperature", "temperature"), ("top_p", "topP"),
                                      ("presence_penalty", "presencePenalty"),
                                      ("frequency_penalty", "frequencyPenalty"),
-                                     ("seed", "seed"), ("n", "candidateCount")):
+                                     ("seed", "seed")):
         value = field(fields, openai_name)
         if isinstance(value, int | float) and not isinstance(value, bool):
             config[gemini_name] = value

@@ -166,3 +166,16 @@ def test_stream_broken_after_content_ends_with_an_error_event(
     assert "event: error" in lines and "event: message_stop" not in lines
     error = json.loads(lines[lines.index("event: error") + 1][6:])
     assert error["type"] == "error" and "mid-stream" in error["error"]["message"]
+
+
+def test_count_tokens_is_an_estimate_with_the_local_tokenizer(
+        upstream: tuple[Kind, FakeProvider, str]) -> None:
+    _, fake, url = upstream
+    client = sdk(url)
+    short = client.messages.count_tokens(model="primary",
+                                         messages=[{"role": "user", "content": "Hi"}])
+    longer = client.messages.count_tokens(
+        model="primary", system="You are a careful assistant.", tools=TOOLS,
+        messages=[{"role": "user", "content": "Hi, how is the weather in Paris today?"}])
+    assert 0 < short.input_tokens < longer.input_tokens
+    assert not fake.requests  # counted locally, no provider call
