@@ -30,6 +30,7 @@ __all__ = [
     "Breaker",
     "BreakerState",
     "Controls",
+    "Decision",
     "HealthObserver",
     "HealthRegistry",
     "LiveView",
@@ -94,17 +95,17 @@ class _Agg:
         self.lat = [0] * _BINS
         self.ttft = [0] * _BINS
 
-    def add(self, s: Sample) -> None:
+    def add(self, s: Sample, bins: tuple[int, int]) -> None:
         if s.ok is True:
             self.ok += 1
         elif s.ok is False:
             self.fail += 1
         if s.latency_s is not None:
             self.lat_n += 1
-            self.lat[_bin(s.latency_s)] += 1
+            self.lat[bins[0]] += 1
         if s.ttft_s is not None:
             self.ttft_n += 1
-            self.ttft[_bin(s.ttft_s)] += 1
+            self.ttft[bins[1]] += 1
         if s.cost_usd is not None:
             self.cost_n += 1
             self.cost_sum += s.cost_usd
@@ -130,6 +131,22 @@ class _Agg:
             self.lat = [a - b for a, b in zip(self.lat, o.lat, strict=True)]
         if o.ttft_n:
             self.ttft = [a - b for a, b in zip(self.ttft, o.ttft, strict=True)]
+
+
+def _bins(sample: Sample) -> tuple[int, int]:
+    """Histogram bins of a sample, computed once for all the windows it goes into."""
+    return (0 if sample.latency_s is None else _bin(sample.latency_s),
+            0 if sample.ttft_s is None else _bin(sample.ttft_s))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The few numbers routing reads from the decision window on every request."""
+
+    requests: int
+    error_rate: float | None
+    latency_p95_s: float | None
+    ttft_p95_s: float | None
 
 
 def _percentile(hist: list[int], n: int, q: float) -> float | None:
@@ -206,12 +223,25 @@ class Window:
     def epoch(self, now: float) -> int:
         return int(now // self._bucket_s)
 
-    def add(self, now: float, sample: Sample) -> None:
+    def add(self, now: float, sample: Sample, bins: tuple[int, int] | None = None) -> None:
+        bins = bins or _bins(sample)
         epoch = self._advance(now)
         slot = epoch % len(self._buckets)
         self._stamps[slot] = epoch
-        self._buckets[slot].add(sample)
-        self._total.add(sample)
+        self._buckets[slot].add(sample, bins)
+        self._total.add(sample, bins)
+
+    def counts(self, now: float) -> tuple[int, int]:
+        """(successes, failures) in the window: what a breaker needs, without percentiles."""
+        self._advance(now)
+        return self._total.ok, self._total.fail
+
+    def decision(self, now: float) -> Decision:
+        self._advance(now)
+        t = self._total
+        requests = t.ok + t.fail
+        return Decision(requests, t.fail / requests if requests else None,
+                        _percentile(t.lat, t.lat_n, 0.95), _percentile(t.ttft, t.ttft_n, 0.95))
 
     def stats(self, now: float) -> WindowStats:
         self._advance(now)
@@ -251,23 +281,24 @@ class Tracker:
         self.requests_total = 0
         self._version = 0
         self._cache_key = (-1, -1)
-        self._cache: WindowStats | None = None
+        self._cache: Decision | None = None
 
-    def decision_stats(self, now: float) -> WindowStats:
-        """The decision window, recomputed only when a sample arrived or a bucket moved (the
-        router reads it on every request)."""
+    def decision_stats(self, now: float) -> Decision:
+        """The decision window's numbers, recomputed only when a sample arrived or a bucket
+        moved (the router reads them on every request)."""
         key = (self.decision.epoch(now), self._version)
         if self._cache is None or key != self._cache_key:
-            self._cache, self._cache_key = self.decision.stats(now), key
+            self._cache, self._cache_key = self.decision.decision(now), key
         return self._cache
 
-    def add(self, now: float, sample: Sample) -> None:
+    def add(self, now: float, sample: Sample, bins: tuple[int, int] | None = None) -> None:
+        bins = bins or _bins(sample)
         self._version += 1
         if sample.ok is not None:
             self.requests_total += 1
         for window in self.windows.values():
-            window.add(now, sample)
-        self.decision.add(now, sample)
+            window.add(now, sample, bins)
+        self.decision.add(now, sample, bins)
 
     def add_quality(self, now: float, category: str | None, score: float) -> None:
         sample = Sample(quality=score)
@@ -309,7 +340,9 @@ class Breaker:
         if self.probe_owner == request_id:
             self.probe_owner = None
 
-    def record(self, now: float, ok: bool, decision: WindowStats) -> None:
+    def record(self, now: float, ok: bool, window: Window) -> None:
+        """One verdict; ``window`` (the decision window, already holding it) is read only on
+        failures."""
         if ok:
             self.consecutive = 0
             if self._open:
@@ -323,10 +356,12 @@ class Breaker:
             return
         if self.consecutive >= config.consecutive_failures:
             self._trip(now, f"{self.consecutive} consecutive failures")
-        elif (decision.requests >= config.min_requests and decision.error_rate is not None
-              and decision.error_rate >= config.failure_rate):
-            self._trip(now, f"failure rate {decision.error_rate:.0%} over "
-                            f"{decision.requests} requests")
+        else:
+            ok_count, failures = window.counts(now)
+            requests = ok_count + failures
+            if requests >= config.min_requests and failures / requests >= config.failure_rate:
+                self._trip(now, f"failure rate {failures / requests:.0%} over "
+                                f"{requests} requests")
 
     def _trip(self, now: float, reason: str) -> None:
         self._open, self.opened_at, self.reason = True, now, reason
@@ -379,12 +414,13 @@ class HealthRegistry:
         tracker = self.models.get(model)
         if tracker is None:
             return
-        tracker.add(now, sample)
+        bins = _bins(sample)
+        tracker.add(now, sample, bins)
         provider_tracker = self.providers.get(provider)
         if provider_tracker is not None:
-            provider_tracker.add(now, sample)
+            provider_tracker.add(now, sample, bins)
         if sample.ok is not None:
-            self.breakers[model].record(now, sample.ok, tracker.decision_stats(now))
+            self.breakers[model].record(now, sample.ok, tracker.decision)
 
     def record_quality(self, model: str, category: str | None, score: float) -> bool:
         tracker = self.models.get(model)

@@ -76,22 +76,22 @@ def test_breaker_opens_on_consecutive_failures_probes_once_and_closes() -> None:
     breaker = Breaker(BreakerConfig(consecutive_failures=3, cooldown_s=10.0))
     window = Window(60.0, 12)
     for t in range(2):
-        breaker.record(float(t), False, window.stats(0.0))
+        breaker.record(float(t), False, window)
     assert breaker.state(2.0) == "closed"
-    breaker.record(2.0, False, window.stats(0.0))
+    breaker.record(2.0, False, window)
     assert breaker.state(2.0) == "open" and breaker.opens == 1
     assert "3 consecutive" in breaker.reason
     assert breaker.state(11.9) == "open" and not breaker.can_probe(11.9)
     assert breaker.state(12.0) == "half_open" and breaker.can_probe(12.0)
     breaker.claim_probe("req-1")
     assert not breaker.can_probe(12.5)  # a single probe at a time
-    breaker.record(13.0, False, window.stats(0.0))  # the probe failed: wait again
+    breaker.record(13.0, False, window)  # the probe failed: wait again
     assert breaker.state(13.0) == "open" and breaker.probe_owner is None
     assert breaker.state(23.0) == "half_open"
     breaker.claim_probe("req-2")
     breaker.release_probe("someone-else")
     assert breaker.probe_owner == "req-2"
-    breaker.record(23.5, True, window.stats(0.0))
+    breaker.record(23.5, True, window)
     assert breaker.state(23.5) == "closed" and breaker.consecutive == 0
 
 
@@ -101,12 +101,12 @@ def test_breaker_opens_on_failure_rate_over_min_requests() -> None:
     outcomes = [True, False, True, False, False]  # 3 of 5: not enough requests yet
     for ok in outcomes:
         window.add(1.0, Sample(ok=ok))
-        breaker.record(1.0, ok, window.stats(1.0))
+        breaker.record(1.0, ok, window)
     assert breaker.state(1.0) == "closed"
     window.add(1.0, Sample(ok=True))
-    breaker.record(1.0, True, window.stats(1.0))
+    breaker.record(1.0, True, window)
     window.add(1.0, Sample(ok=False))
-    breaker.record(1.0, False, window.stats(1.0))  # 4 of 7 failed
+    breaker.record(1.0, False, window)  # 4 of 7 failed
     assert breaker.state(1.0) == "open" and "failure rate" in breaker.reason
 
 

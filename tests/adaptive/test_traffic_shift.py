@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from bench.fakes import FakeProvider, Fault, serve_in_thread
-from tests.adaptive.adaptive_helpers import ADMIN, admin, chat, eventually
+from tests.adaptive.adaptive_helpers import ADMIN, HELLO, admin, chat, eventually
 from tests.conftest import pool_config, running_gateway
 
 
@@ -94,3 +96,28 @@ def test_failed_probe_reopens_the_breaker(breaking: tuple[FakeProvider, FakeProv
     assert len(first.requests) == before + 1
     breaker = admin(url, "GET", "/admin/stats").json()["models"]["cheap"]["breaker"]
     assert breaker["state"] == "open" and breaker["reason"] == "probe failed"
+
+
+async def _together(url: str, n: int) -> list[str]:
+    async with httpx.AsyncClient(timeout=15.0) as client:
+        body = {"model": "cheap", "messages": HELLO}
+        responses = await asyncio.gather(*(client.post(url + "/v1/chat/completions", json=body)
+                                           for _ in range(n)))
+    return [r.headers["x-routegate-model"] for r in responses]
+
+
+def test_half_open_lets_exactly_one_of_many_concurrent_requests_probe(
+        breaking: tuple[FakeProvider, FakeProvider, str]) -> None:
+    first, _, url = breaking
+    first.set_default(Fault.status(503))
+    for _ in range(2):
+        chat(url, model="cheap")
+    eventually(lambda: admin(url, "GET", "/admin/stats").json()["models"]["cheap"]["breaker"]
+               ["state"] == "half_open", timeout=8.0)
+    before = len(first.requests)
+    first.set_default(Fault.slow_chunks(0.3))  # healthy but slow: the probe stays in flight
+    served = asyncio.run(_together(url, 10))
+    assert len(first.requests) == before + 1
+    assert served.count("cheap") == 1 and served.count("mid") == 9
+    assert admin(url, "GET", "/admin/stats").json()["models"]["cheap"]["breaker"][
+        "state"] == "closed"
