@@ -119,7 +119,8 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         if exchange.pieces:
-            if exchange.buffered >= _HIGH_WATER and not self._reading_paused and self.transport:
+            if (exchange.buffered >= _HIGH_WATER and not exchange.complete
+                    and not self._reading_paused and self.transport):
                 self._reading_paused = True
                 self.transport.pause_reading()
             exchange.wake()
@@ -317,6 +318,9 @@ class _Connection(asyncio.Protocol):
             self._timer = None
         if self.closed:
             return
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False  # the next exchange must hear its answer
+            self.transport.resume_reading()
         self.reused = True
         self._pool.release(self)
 

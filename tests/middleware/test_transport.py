@@ -293,3 +293,29 @@ async def test_tls_verifies_the_server(certificate: tuple[Path, Path]) -> None:
         async with httpx.AsyncClient(transport=FastTransport()) as client:  # public CAs only
             with pytest.raises(httpx.ConnectError):
                 await client.get(url)
+
+
+async def test_large_body_with_back_pressure_then_reuse() -> None:
+    """More than the read buffer's high-water mark: reading pauses while the consumer lags,
+    resumes as it catches up, and the connection is reused afterwards."""
+    size = 3 * 1024 * 1024
+
+    async def big(server: ScriptedServer, reader: asyncio.StreamReader,
+                  writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+            writer.write(b"x" * size)
+            await writer.drain()
+
+    async with scripted(big) as (server, url):
+        transport = FastTransport()
+        async with httpx.AsyncClient(transport=transport) as client:
+            async with client.stream("GET", url) as response:
+                received = 0
+                async for piece in response.aiter_raw():
+                    received += len(piece)
+                    await asyncio.sleep(0)  # a consumer slower than the socket
+            assert received == size
+            assert len((await client.get(url)).content) == size
+        assert server.connections == 1
+        assert transport.connections_opened == 1
