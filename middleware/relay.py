@@ -30,7 +30,7 @@ from routegate.middleware.providers.base import (
     UpstreamFailure,
 )
 from routegate.middleware.recovery import OutputTape, Splicer, continuation_request
-from routegate.middleware.tokens import TokenEstimator
+from routegate.middleware.tokens import TokenEstimator, UsageFiller
 from routegate.middleware.transport import raw_chunks, send_upstream
 from routegate.middleware.wire.openai import Usage
 
@@ -82,6 +82,8 @@ class Relay:
         context_failure: UpstreamFailure | None = None
         waited_retry_after: set[str] = set()
         position = 0
+        if self._tokens is not None:  # shows the client estimated usage where none came
+            send = UsageFiller(send, request, self._tokens)
         # Keeps the answer's bytes (no parsing) for token estimates and mid-stream recovery.
         tape = OutputTape(send) if self._tokens is not None or self._recovering(request) else None
         send = tape or send

@@ -14,12 +14,15 @@ import asyncio
 import logging
 from typing import Any, ClassVar, Protocol
 
+import msgspec
+
+from routegate.middleware.asgi_types import Message, Send
 from routegate.middleware.config import UsageConfig
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.wire.openai import Usage
-from routegate.middleware.wire.openai_messages import field, text_content
+from routegate.middleware.wire.openai_messages import field, text_content, usage_dict
 
-__all__ = ["EstimatedUsage", "TokenEstimator", "prompt_text"]
+__all__ = ["EstimatedUsage", "TokenEstimator", "UsageFiller", "prompt_text"]
 
 log = logging.getLogger("routegate")
 _MESSAGE_OVERHEAD = 4  # role markers and separators a chat template adds per message
@@ -108,3 +111,130 @@ def prompt_text(messages: list[Any]) -> str:
                 function = call.get("function") or {}
                 parts.append(f"{function.get('name', '')}({function.get('arguments', '')})")
     return "\n".join(p for p in parts if p)
+
+
+_USAGE_MARKERS = (b'"usage":{', b'"usage": {')
+_DONE = b"data: [DONE]\n\n"
+_decode_any = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder().encode
+
+
+class UsageFiller:
+    """A ``send`` wrapper that shows the client estimated usage where the provider sent none:
+    a usage chunk (``"estimated": true``) before ``[DONE]`` when the client asked for one, and
+    a ``usage`` object in a JSON answer. Answers with usage pass untouched; the only work per
+    chunk is two substring checks."""
+
+    __slots__ = ("_estimator", "_held_start", "_request", "_send", "_stream", "_text",
+                 "_usage_seen")
+
+    def __init__(self, send: Send, request: ClientRequest, estimator: TokenEstimator) -> None:
+        self._send = send
+        self._request = request
+        self._estimator = estimator
+        self._held_start: Message | None = None
+        self._stream = False
+        self._usage_seen = False
+        self._text: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            headers = dict(message.get("headers", []))
+            self._stream = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+            self._usage_seen = False
+            self._text = []
+            if not self._stream and message.get("status") == 200:
+                self._held_start = message  # the body may grow: content-length is not final
+                return
+        elif kind == "http.response.body":
+            body = message.get("body", b"")
+            if self._held_start is not None:
+                await self._whole(body, message)
+                return
+            if self._stream and body:
+                message = await self._stream_body(body, message)
+        await self._send(message)
+
+    async def _stream_body(self, body: bytes, message: Message) -> Message:
+        if any(marker in body for marker in _USAGE_MARKERS):
+            self._usage_seen = True
+        self._text.append(body)
+        if (self._usage_seen or not self._request.include_usage
+                or not body.endswith(_DONE)):
+            return message
+        output = b"".join(self._text)
+        usage = await self._estimator.estimate(self._request, _stream_text(output))
+        chunk = _encode({"id": _first_id(output), "object": "chat.completion.chunk",
+                         "choices": [], "usage": usage_dict(usage, estimated=True)})
+        body = body[: -len(_DONE)] + b"data: " + chunk + b"\n\n" + _DONE
+        return {**message, "body": body}
+
+    async def _whole(self, body: bytes, message: Message) -> None:
+        start, self._held_start = self._held_start, None
+        assert start is not None
+        if not any(marker in body for marker in _USAGE_MARKERS):
+            try:
+                answer = _decode_any.decode(body)
+            except msgspec.DecodeError:
+                answer = None
+            if isinstance(answer, dict) and answer.get("choices"):
+                message_ = (answer["choices"][0] or {}).get("message") or {}
+                text = text_content(message_.get("content")) + "".join(
+                    str((call.get("function") or {}).get("arguments", ""))
+                    for call in message_.get("tool_calls") or [] if isinstance(call, dict))
+                usage = await self._estimator.estimate(self._request, text)
+                answer["usage"] = usage_dict(usage, estimated=True)
+                body = _encode(answer)
+                headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+                start = {**start, "headers": [*headers,
+                                              (b"content-length", str(len(body)).encode())]}
+                message = {**message, "body": body}
+        await self._send(start)
+        await self._send(message)
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[Any] | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+
+
+class _Chunk(msgspec.Struct):
+    id: str = ""
+    choices: list[_Choice] = []
+
+
+_chunk = msgspec.json.Decoder(_Chunk)
+
+
+def _chunks(output: bytes) -> list[_Chunk]:
+    chunks = []
+    for line in output.replace(b"\r\n", b"\n").split(b"\n"):
+        if line.startswith(b"data:") and line[5:].strip().startswith(b"{"):
+            try:
+                chunks.append(_chunk.decode(line[5:]))
+            except msgspec.DecodeError:
+                continue
+    return chunks
+
+
+def _stream_text(output: bytes) -> str:
+    parts: list[str] = []
+    for chunk in _chunks(output):
+        for choice in chunk.choices[:1]:
+            if choice.delta is None:
+                continue
+            parts.append(choice.delta.content or "")
+            for call in choice.delta.tool_calls or []:
+                if isinstance(call, dict):
+                    parts.append(str((call.get("function") or {}).get("arguments") or ""))
+    return "".join(parts)
+
+
+def _first_id(output: bytes) -> str:
+    chunks = _chunks(output[:4096])
+    return chunks[0].id if chunks else ""

@@ -46,9 +46,22 @@ def no_usage_gateway() -> Iterator[tuple[FakeProvider, Recorder, str]]:
             yield fake, recorder, url
 
 
-def _ask(url: str, stream: bool) -> bytes:
+def _ask(url: str, stream: bool) -> httpx.Response:
     return httpx.post(url + "/v1/chat/completions", timeout=15, json={
-        "model": "primary", "stream": stream, "messages": PROMPT}).content
+        "model": "primary", "stream": stream, "messages": PROMPT,
+        **({"stream_options": {"include_usage": True}} if stream else {})})
+
+
+def _client_usage(response: httpx.Response) -> dict[str, object]:
+    if not response.headers["content-type"].startswith("text/event-stream"):
+        usage: dict[str, object] = response.json()["usage"]
+        return usage
+    events = [json.loads(line[6:]) for line in response.text.splitlines()
+              if line.startswith("data: {")]
+    assert response.text.endswith("data: [DONE]\n\n")
+    assert events[-1]["choices"] == []  # the usage chunk comes last, before [DONE]
+    usage = events[-1]["usage"]
+    return usage
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
@@ -68,7 +81,8 @@ def test_missing_usage_is_estimated_with_the_gguf_tokenizer(
             {"index": 0, "message": {"role": "assistant", "content": ANSWER},
              "finish_reason": "stop"}]})
     fake.set_default(Fault.status(200, body=body))
-    assert ANSWER[-10:].encode() in _ask(url, stream)
+    response = _ask(url, stream)
+    assert ANSWER[-10:] in response.text
     attempt = recorder.last().attempts[0]
     assert attempt.usage_estimated
     assert isinstance(attempt.usage, EstimatedUsage)
@@ -76,13 +90,20 @@ def test_missing_usage_is_estimated_with_the_gguf_tokenizer(
     prompt = tokens(vocab, PROMPT[0]["content"])
     assert prompt < attempt.usage.prompt_tokens <= prompt + 4
     assert attempt.cost_usd is not None and attempt.cost_usd > 0
+    # the client sees the same counts, marked
+    assert _client_usage(response) == {
+        "prompt_tokens": attempt.usage.prompt_tokens,
+        "completion_tokens": attempt.usage.completion_tokens,
+        "total_tokens": attempt.usage.total_tokens, "estimated": True}
 
 
 def test_reported_usage_is_not_estimated(no_usage_gateway: tuple[FakeProvider, Recorder, str]) -> None:
     _, recorder, url = no_usage_gateway
-    _ask(url, True)
-    attempt = recorder.last().attempts[0]
-    assert attempt.usage is not None and not attempt.usage_estimated
+    for stream in (False, True):
+        usage = _client_usage(_ask(url, stream))
+        attempt = recorder.last().attempts[0]
+        assert attempt.usage is not None and not attempt.usage_estimated
+        assert "estimated" not in usage and usage["completion_tokens"] == 5
 
 
 async def test_without_a_tokenizer_the_estimate_falls_back_to_characters() -> None:
