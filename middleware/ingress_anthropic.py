@@ -15,12 +15,14 @@ from typing import Any
 import msgspec
 
 from routegate.middleware.asgi_types import Message, Receive, Scope, Send
+from routegate.middleware.config import GatewayConfig
 from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from routegate.middleware.gateway import Gateway
 from routegate.middleware.observe import RequestContext, RequestOutcome
 from routegate.middleware.providers.base import ClientRequest
+from routegate.middleware.routing import AUTO_MODELS
 from routegate.middleware.tokens import TokenEstimator
-from routegate.middleware.wire.anthropic import (
+from routegate.middleware.wire.anthropic_inbound import (
     STOP_REASONS,
     from_anthropic_request,
     to_anthropic_message,
@@ -71,7 +73,7 @@ class AnthropicIngress:
                 raise GatewayError("Use POST for this endpoint", status=405,
                                    code="method_not_allowed")
             body = await _read_body(receive, gateway.config.server.max_body_bytes)
-            request = _client_request(body)
+            request = _client_request(body, gateway.config)
             return await gateway.serve_chat(ctx, request, translated, receive)
         except GatewayError as exc:
             if translated.started:
@@ -93,7 +95,7 @@ class AnthropicIngress:
                 raise GatewayError("Use POST for this endpoint", status=405,
                                    code="method_not_allowed")
             body = await _read_body(receive, gateway.config.server.max_body_bytes)
-            request = _client_request(body, count_only=True)
+            request = _client_request(body, gateway.config, count_only=True)
             usage = await tokens.estimate(request, "")
         except GatewayError as exc:
             await _respond(send, ctx, exc.status, anthropic_error_body(exc.status, exc.message))
@@ -116,7 +118,19 @@ def _message(exc: GatewayError) -> str:
     return exc.message
 
 
-def _client_request(body: bytes, *, count_only: bool = False) -> ClientRequest:
+def _pool_model(config: GatewayConfig, requested: str) -> str:
+    """Apps written for Anthropic name Anthropic's models: a pool model whose upstream is the
+    name asked for serves it (``claude-sonnet-4-20250514`` -> pool model ``claude-sonnet-4``)."""
+    if requested in config.models or requested in AUTO_MODELS:
+        return requested
+    for name, model in config.models.items():
+        if model.upstream == requested:
+            return name
+    return requested
+
+
+def _client_request(body: bytes, config: GatewayConfig, *,
+                    count_only: bool = False) -> ClientRequest:
     try:
         decoded = _decode_any.decode(body)
     except msgspec.DecodeError as exc:
@@ -127,9 +141,11 @@ def _client_request(body: bytes, *, count_only: bool = False) -> ClientRequest:
     if count_only:  # count_tokens bodies carry no max_tokens
         decoded = {**decoded, "max_tokens": 1, "stream": False}
     try:
-        openai_body = _encode(from_anthropic_request(decoded))
+        translated = from_anthropic_request(decoded)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from exc
+    translated["model"] = _pool_model(config, translated["model"])
+    openai_body = _encode(translated)
     try:
         chat = _chat.decode(openai_body)
     except msgspec.ValidationError as exc:

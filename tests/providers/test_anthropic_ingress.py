@@ -179,3 +179,11 @@ def test_count_tokens_is_an_estimate_with_the_local_tokenizer(
         messages=[{"role": "user", "content": "Hi, how is the weather in Paris today?"}])
     assert 0 < short.input_tokens < longer.input_tokens
     assert not fake.requests  # counted locally, no provider call
+
+
+def test_the_providers_model_name_finds_its_pool_model(
+        upstream: tuple[Kind, FakeProvider, str]) -> None:
+    _, _, url = upstream
+    raw = sdk(url).messages.with_raw_response.create(
+        model="backup-up", max_tokens=10, messages=[{"role": "user", "content": "Hi"}])
+    assert raw.headers["x-routegate-model"] == "backup"
