@@ -40,6 +40,8 @@ _event = msgspec.json.Decoder(StreamEvent)
 _error = msgspec.json.Decoder(AnthropicError)
 _encode = msgspec.json.Encoder().encode
 _TOO_LONG = ("prompt is too long", "too many tokens", "context window", "context length")
+# 400s that are about the account, not the request: another provider may well answer.
+_PROVIDER_SIDE = ("credit balance", "billing", "api key", "organization has been disabled")
 
 
 class AnthropicAdapter:
@@ -102,7 +104,8 @@ def judge_anthropic_error(status: int, body: bytes, headers: httpx.Headers) -> U
             status == 400 and any(marker in lowered for marker in _TOO_LONG)):
         return UpstreamFailure("status", f"HTTP {status} context_length_exceeded", status=status,
                                context_exceeded=True, code="context_length_exceeded")
-    if status in (400, 422) and kind in ("invalid_request_error", ""):
+    if status in (400, 422) and kind in ("invalid_request_error", "") and not any(
+            marker in lowered for marker in _PROVIDER_SIDE):
         code = "content_policy_violation" if "content filtering" in lowered else "invalid_request"
         client_body = error_body(message or f"HTTP {status}", "invalid_request_error", code)
         return UpstreamFailure("status", f"HTTP {status} {code}", status=status,

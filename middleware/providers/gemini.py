@@ -135,7 +135,8 @@ def judge_gemini_error(status: int, body: bytes, headers: httpx.Headers) -> Upst
     if status in (400, 413) and any(marker in lowered for marker in _TOO_LONG):
         return UpstreamFailure("status", f"HTTP {status} context_length_exceeded", status=status,
                                context_exceeded=True, code="context_length_exceeded")
-    if status == 400 and name not in _PROVIDER_SIDE:
+    # A bad key is a 400 INVALID_ARGUMENT here ("API key not valid"): the provider's problem.
+    if status == 400 and name not in _PROVIDER_SIDE and "api key" not in lowered:
         code = ("content_policy_violation" if "safety" in lowered or "blocked" in lowered
                 else "invalid_request")
         client_body = error_body(message or f"HTTP {status}", "invalid_request_error", code)
