@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -61,9 +62,13 @@ class TelemetryObserver:
         self._request_duration = self._histogram(meter, spec[a.METRIC_REQUEST_DURATION])
         self._request_ttft = self._histogram(meter, spec[a.METRIC_REQUEST_TTFT])
         self._classifier_duration = self._histogram(meter, spec[a.METRIC_CLASSIFIER_DURATION])
-        requests, cost = spec[a.METRIC_REQUESTS], spec[a.METRIC_COST]
-        self._requests = meter.create_counter(requests.name, requests.unit, requests.description)
-        self._cost = meter.create_counter(cost.name, cost.unit, cost.description)
+        # Counters are summed here and read by the SDK at export time: a dict update per
+        # request instead of an SDK measurement (attribute validation and hashing each).
+        self._requests = _Sums((a.RG_MODEL, a.RG_CATEGORY, a.RG_OUTCOME, a.RG_FALLBACK))
+        self._cost = _Sums((a.RG_MODEL, a.GEN_AI_PROVIDER_NAME))
+        for sums, name in ((self._requests, a.METRIC_REQUESTS), (self._cost, a.METRIC_COST)):
+            meter.create_observable_counter(name, [sums.observe], spec[name].unit,
+                                            spec[name].description)
 
     @staticmethod
     def _histogram(meter: metrics.Meter, spec: a.MetricSpec) -> metrics.Histogram:
@@ -78,7 +83,7 @@ class TelemetryObserver:
         parent = _propagator.extract(ctx.headers) if "traceparent" in ctx.headers else None
         server = self._tracer.start_span(
             ctx.path, context=parent, kind=SpanKind.SERVER, start_time=self._ns(ctx.started_at),
-            attributes={a.RG_REQUEST_ID: ctx.request_id, a.URL_PATH: ctx.path})
+            attributes={a.RG_REQUEST_ID: ctx.request_id})
         span_context = server.get_span_context()
         ctx.state[_STATE_KEY] = _RequestSpans(server, trace.set_span_in_context(server))
         if span_context.is_valid:
@@ -102,7 +107,9 @@ class TelemetryObserver:
             a.RG_CLASSIFIER_LATENCY_MS: found.latency_ms,
             a.RG_CLASSIFIER_COMPLEXITY: found.complexity,
         }
-        spans.server.set_attributes(attrs)
+        # The classification details live on their own span; the server span gets the
+        # category (every attribute is paid for again when the batch is encoded).
+        spans.server.set_attribute(a.RG_CATEGORY, found.category)
         started = ctx.classify_started_at
         ended = ctx.classify_ended_at
         if started is not None and ended is not None:
@@ -121,16 +128,14 @@ class TelemetryObserver:
             a.GEN_AI_OPERATION_NAME: a.OPERATION_CHAT,
             a.GEN_AI_PROVIDER_NAME: _provider_name(attempt.provider_type),
             a.GEN_AI_REQUEST_MODEL: attempt.upstream_model,
-            a.GEN_AI_REQUEST_STREAM: ctx.stream,
             a.RG_MODEL: attempt.model,
-            a.RG_PROVIDER: attempt.provider,
-            a.RG_ATTEMPT_INDEX: attempt.index,
             a.SERVER_ADDRESS: request.url.host,
         }
         if request.url.port is not None:
             attrs[a.SERVER_PORT] = request.url.port
         if attempt.index > 0:
             previous = ctx.attempts[attempt.index - 1]
+            attrs[a.RG_ATTEMPT_INDEX] = attempt.index  # absent: the first attempt
             attrs[a.RG_FALLBACK] = True
             spans.server.add_event(a.RG_FALLBACK_EVENT, {
                 a.RG_FALLBACK_FROM: previous.model, a.RG_MODEL: attempt.model,
@@ -149,7 +154,13 @@ class TelemetryObserver:
                                        start_time=self._ns(attempt.started_at), attributes=attrs)
         spans.attempts[attempt.index] = span
         # Only traceparent/tracestate go upstream: no baggage, which may carry user data.
-        _propagator.inject(request.headers, context=trace.set_span_in_context(span))
+        # Written directly: the propagator's context round trip costs more than the span.
+        sc = span.get_span_context()
+        if sc.is_valid:
+            request.headers["traceparent"] = (
+                f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}")
+            if sc.trace_state:
+                request.headers["tracestate"] = sc.trace_state.to_header()
 
     def on_attempt_end(self, ctx: RequestContext, attempt: AttemptInfo) -> None:
         spans: _RequestSpans | None = ctx.state.get(_STATE_KEY)
@@ -166,7 +177,6 @@ class TelemetryObserver:
         attrs: dict[str, AttributeValue] = {}
         if attempt.response_model:
             attrs[a.GEN_AI_RESPONSE_MODEL] = attempt.response_model
-            metric_attrs[a.GEN_AI_RESPONSE_MODEL] = attempt.response_model
         if attempt.finish_reasons:
             attrs[a.GEN_AI_RESPONSE_FINISH_REASONS] = attempt.finish_reasons
         if attempt.cost_usd is not None:
@@ -200,8 +210,7 @@ class TelemetryObserver:
         if ttft is not None and ctx.stream:
             self._time_to_first_chunk.record(ttft, metric_attrs)
         if attempt.cost_usd:
-            self._cost.add(attempt.cost_usd, {a.RG_MODEL: attempt.model,
-                                              a.GEN_AI_PROVIDER_NAME: provider})
+            self._cost.add((attempt.model, provider), attempt.cost_usd)
 
     def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
         spans: _RequestSpans | None = ctx.state.pop(_STATE_KEY, None)
@@ -222,20 +231,16 @@ class TelemetryObserver:
             attrs[a.GEN_AI_OPERATION_NAME] = a.OPERATION_CHAT
             attrs[a.GEN_AI_REQUEST_MODEL] = ctx.requested_model
             attrs[a.GEN_AI_REQUEST_STREAM] = ctx.stream
+        # The answer's model, tokens and finish reasons are on the answering attempt's span;
+        # the server span names the chosen pool model (and the request's totals).
         final = _answering_attempt(ctx, outcome)
         if final is not None:
             attrs[a.RG_MODEL] = final.model
-            attrs[a.RG_PROVIDER] = final.provider
-            attrs[a.GEN_AI_PROVIDER_NAME] = _provider_name(final.provider_type)
-            if final.response_model:
-                attrs[a.GEN_AI_RESPONSE_MODEL] = final.response_model
-            if final.finish_reasons:
-                attrs[a.GEN_AI_RESPONSE_FINISH_REASONS] = final.finish_reasons
-            if final.usage is not None:
-                attrs[a.GEN_AI_USAGE_INPUT_TOKENS] = final.usage.prompt_tokens
-                attrs[a.GEN_AI_USAGE_OUTPUT_TOKENS] = final.usage.completion_tokens
+        fallback = False
         if ctx.attempts:
-            attrs[a.RG_FALLBACK] = any(t.model != ctx.attempts[0].model for t in ctx.attempts)
+            fallback = any(t.model != ctx.attempts[0].model for t in ctx.attempts)
+            if fallback:  # absent: answered (or failed) on the first model
+                attrs[a.RG_FALLBACK] = True
             attrs[a.RG_COST_USD] = sum(t.cost_usd or 0.0 for t in ctx.attempts)
         ttft = None
         if final is not None and final.committed and final.first_token_at is not None:
@@ -250,17 +255,34 @@ class TelemetryObserver:
 
         if not ctx.requested_model:
             return  # not a generation (e.g. /v1/models): no GenAI metrics
-        labels: dict[str, AttributeValue] = {
-            a.RG_MODEL: final.model if final is not None else "none",
-            a.RG_CATEGORY: ctx.category or "none",
-            a.RG_OUTCOME: outcome.result,
-            a.RG_FALLBACK: bool(attrs.get(a.RG_FALLBACK, False)),
-        }
-        self._requests.add(1, labels)
-        self._request_duration.record(now - ctx.started_at, labels)
+        model = final.model if final is not None else "none"
+        key = (model, ctx.category or "none", outcome.result, fallback)
+        self._requests.add(key, 1)
+        self._request_duration.record(now - ctx.started_at, dict(zip(self._requests.names, key,
+                                                                     strict=True)))
         if ttft is not None:
-            self._request_ttft.record(ttft, {a.RG_MODEL: labels[a.RG_MODEL],
-                                             a.GEN_AI_REQUEST_STREAM: ctx.stream})
+            self._request_ttft.record(ttft, {a.RG_MODEL: model, a.GEN_AI_REQUEST_STREAM: ctx.stream})
+
+
+class _Sums:
+    """Monotonic sums by label tuple, observed by an ObservableCounter at export time.
+
+    Written on the event loop, read from the exporter's thread: ``list(dict.items())`` is one
+    C-level step under the GIL, so the reader sees a consistent snapshot.
+    """
+
+    __slots__ = ("names", "values")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.values: dict[tuple[AttributeValue, ...], float] = {}
+
+    def add(self, key: tuple[AttributeValue, ...], amount: float) -> None:
+        self.values[key] = self.values.get(key, 0) + amount
+
+    def observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [metrics.Observation(value, dict(zip(self.names, key, strict=True)))
+                for key, value in list(self.values.items())]
 
 
 def _answering_attempt(ctx: RequestContext, outcome: RequestOutcome) -> AttemptInfo | None:

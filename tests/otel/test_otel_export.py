@@ -57,8 +57,8 @@ def check_export(received: Received, prompt_tokens: int, completion_tokens: int,
     s, c = span_attributes(server), span_attributes(client)
     assert s[a.RG_MODEL] == c[a.RG_MODEL] == "cheap"
     assert c[a.GEN_AI_RESPONSE_MODEL] == "cheap-up" and client.name == "chat cheap-up"
-    assert s[a.GEN_AI_USAGE_INPUT_TOKENS] == c[a.GEN_AI_USAGE_INPUT_TOKENS] == prompt_tokens
-    assert s[a.GEN_AI_USAGE_OUTPUT_TOKENS] == c[a.GEN_AI_USAGE_OUTPUT_TOKENS] == completion_tokens
+    assert c[a.GEN_AI_USAGE_INPUT_TOKENS] == prompt_tokens
+    assert c[a.GEN_AI_USAGE_OUTPUT_TOKENS] == completion_tokens
     assert s[a.RG_COST_USD] > 0
     # Metrics travel the same way (flushed when the gateway stops).
     assert {a.METRIC_TOKEN_USAGE, a.METRIC_OPERATION_DURATION, a.METRIC_REQUESTS,

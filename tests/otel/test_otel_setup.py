@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry import metrics, trace
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -15,6 +13,8 @@ from routegate.middleware import Gateway, parse_config
 from routegate.middleware.config import TelemetryConfig
 from routegate.otel import TelemetryExtension, setup_telemetry
 from routegate.otel.attributes import METRICS, prometheus_name
+from routegate.otel.encode import FastGrpcSpanExporter as GrpcSpans
+from routegate.otel.encode import FastHttpSpanExporter as HttpSpans
 from routegate.otel.setup import resolve_protocol
 
 

@@ -88,10 +88,9 @@ def test_non_streaming_request_joins_the_callers_trace(
     # The OpenAI adapter reports finish reasons of non-streamed answers only once it parses
     # them (providers/openai.py parse_answer); when it does they must be on the span.
     assert c.get(a.GEN_AI_RESPONSE_FINISH_REASONS, ("stop",)) == ("stop",)
-    assert c[a.GEN_AI_REQUEST_STREAM] is False
     assert c[a.SERVER_ADDRESS] == "127.0.0.1"
     assert c[a.SERVER_PORT] == int(fake.requests[-1].headers["host"].rsplit(":", 1)[1])
-    assert c[a.RG_MODEL] == "cheap" and c[a.RG_PROVIDER] == "f" and c[a.RG_ATTEMPT_INDEX] == 0
+    assert c[a.RG_MODEL] == "cheap" and a.RG_ATTEMPT_INDEX not in c  # first attempt
     assert c[a.RG_COST_USD] == pytest.approx(cost)
     assert c[a.RG_TTFT_S] > 0
     assert a.ERROR_TYPE not in c and a.RG_FALLBACK not in c
@@ -100,12 +99,8 @@ def test_non_streaming_request_joins_the_callers_trace(
     s = attrs(server)
     assert s[a.GEN_AI_OPERATION_NAME] == "chat"
     assert s[a.GEN_AI_REQUEST_MODEL] == "cheap"
-    assert s[a.GEN_AI_RESPONSE_MODEL] == "cheap-up"
-    assert s[a.GEN_AI_PROVIDER_NAME] == "openai"
-    assert s[a.GEN_AI_USAGE_INPUT_TOKENS] == usage["prompt_tokens"]
-    assert s[a.GEN_AI_USAGE_OUTPUT_TOKENS] == usage["completion_tokens"]
-    assert s.get(a.GEN_AI_RESPONSE_FINISH_REASONS, ("stop",)) == ("stop",)
-    assert s[a.RG_MODEL] == "cheap" and s[a.RG_ATTEMPTS] == 1 and s[a.RG_FALLBACK] is False
+    assert s[a.GEN_AI_REQUEST_STREAM] is False
+    assert s[a.RG_MODEL] == "cheap" and s[a.RG_ATTEMPTS] == 1 and a.RG_FALLBACK not in s
     assert s[a.RG_COST_USD] == pytest.approx(cost)
     assert s[a.RG_TTFT_S] >= c[a.RG_TTFT_S]
     assert s[a.RG_OUTCOME] == "success" and s[a.HTTP_RESPONSE_STATUS_CODE] == 200
@@ -123,8 +118,7 @@ def test_non_streaming_request_joins_the_callers_trace(
     assert tokens["output"].sum == usage["completion_tokens"]
     assert point_attrs(tokens["input"]) == {
         a.GEN_AI_OPERATION_NAME: "chat", a.GEN_AI_PROVIDER_NAME: "openai",
-        a.GEN_AI_REQUEST_MODEL: "cheap-up", a.GEN_AI_RESPONSE_MODEL: "cheap-up",
-        a.RG_MODEL: "cheap", a.GEN_AI_TOKEN_TYPE: "input"}
+        a.GEN_AI_REQUEST_MODEL: "cheap-up", a.RG_MODEL: "cheap", a.GEN_AI_TOKEN_TYPE: "input"}
     [duration] = points[a.METRIC_OPERATION_DURATION]
     assert duration.count == 1 and a.ERROR_TYPE not in point_attrs(duration)
     [requests] = points[a.METRIC_REQUESTS]
@@ -190,7 +184,6 @@ def test_streaming_auto_request_with_the_openai_sdk(
     model = c[a.RG_MODEL]
     assert model == chosen
     assert client_span.name == f"chat {chosen}-up"
-    assert c[a.GEN_AI_REQUEST_STREAM] is True
     assert c[a.GEN_AI_USAGE_INPUT_TOKENS] == usage.prompt_tokens
     assert c[a.GEN_AI_USAGE_OUTPUT_TOKENS] == usage.completion_tokens
     assert c[a.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
@@ -198,12 +191,10 @@ def test_streaming_auto_request_with_the_openai_sdk(
 
     s = attrs(server)
     assert server.name == "chat auto"
-    assert s[a.GEN_AI_REQUEST_MODEL] == "auto"
-    assert s[a.GEN_AI_RESPONSE_MODEL] == f"{chosen}-up"
+    assert s[a.GEN_AI_REQUEST_MODEL] == "auto" and s[a.GEN_AI_REQUEST_STREAM] is True
+    assert c[a.GEN_AI_RESPONSE_MODEL] == f"{chosen}-up"
     assert s[a.RG_MODEL] == chosen
-    assert s[a.RG_CATEGORY] == category and s[a.RG_CLASSIFIER_METHOD] == method
-    assert s[a.RG_CLASSIFIER_CONFIDENCE] == k[a.RG_CLASSIFIER_CONFIDENCE]
-    assert s[a.GEN_AI_USAGE_OUTPUT_TOKENS] == usage.completion_tokens
+    assert s[a.RG_CATEGORY] == category
     prices = {"cheap": (0.1, 0.2), "mid": (1.0, 2.0), "big": (5.0, 10.0)}[chosen]
     assert s[a.RG_COST_USD] == pytest.approx(
         (usage.prompt_tokens * prices[0] + usage.completion_tokens * prices[1]) / 1e6)
@@ -235,7 +226,7 @@ def test_fallback_marks_the_failed_attempt_and_records_the_fallback(
     assert (failed.name, answered.name) == ("chat cheap-up", "chat mid-up")
     f, ok = attrs(failed), attrs(answered)
     assert f[a.ERROR_TYPE] == "500" and failed.status.status_code == StatusCode.ERROR
-    assert f[a.RG_MODEL] == "cheap" and f[a.RG_ATTEMPT_INDEX] == 0
+    assert f[a.RG_MODEL] == "cheap" and a.RG_ATTEMPT_INDEX not in f
     assert a.GEN_AI_USAGE_OUTPUT_TOKENS not in f and a.GEN_AI_RESPONSE_MODEL not in f
     assert ok[a.RG_FALLBACK] is True and ok[a.RG_ATTEMPT_INDEX] == 1
     assert ok[a.RG_MODEL] == "mid" and a.ERROR_TYPE not in ok
@@ -250,7 +241,7 @@ def test_fallback_marks_the_failed_attempt_and_records_the_fallback(
 
     s = attrs(server)
     assert s[a.RG_ATTEMPTS] == 2 and s[a.RG_FALLBACK] is True and s[a.RG_MODEL] == "mid"
-    assert s[a.GEN_AI_RESPONSE_MODEL] == "mid-up" and s[a.RG_OUTCOME] == "success"
+    assert ok[a.GEN_AI_RESPONSE_MODEL] == "mid-up" and s[a.RG_OUTCOME] == "success"
     assert server.status.status_code == StatusCode.UNSET
     [event] = [e for e in server.events if e.name == a.RG_FALLBACK_EVENT]
     assert dict(event.attributes or {}) == {
@@ -286,7 +277,7 @@ def test_all_attempts_failing_is_an_error_span(
     assert s[a.ERROR_TYPE] == "all_attempts_failed"
     assert s[a.HTTP_RESPONSE_STATUS_CODE] == 502 and s[a.RG_OUTCOME] == "error"
     assert s[a.RG_ATTEMPTS] == 3 and s[a.RG_FALLBACK] is True
-    assert a.RG_MODEL not in s and a.GEN_AI_USAGE_INPUT_TOKENS not in s
+    assert a.RG_MODEL not in s
     assert s[a.RG_COST_USD] == 0.0
     assert len([e for e in server.events if e.name == a.RG_FALLBACK_EVENT]) == 2
     [requests] = tg.metric_points()[a.METRIC_REQUESTS]
