@@ -53,15 +53,22 @@ class AnthropicIngress:
         self._gateway: Gateway | None = None
         self._tokens: TokenEstimator | None = None
 
-    async def start(self, gateway: Gateway) -> None:
+    def register(self, gateway: Gateway) -> None:
+        """Add the endpoints (idempotent). Called by ``start``; a gateway that registers its
+        extensions' endpoints before starting (so that a request to one of them is what starts
+        a lifespan-less mounted gateway) may call it earlier."""
         self._gateway = gateway
-        self._tokens = TokenEstimator(gateway.config.usage)
+        if self._tokens is None:
+            self._tokens = TokenEstimator(gateway.config.usage)
         prefix = gateway.config.server.prefix
         gateway.endpoints[prefix + "/messages"] = self.messages
         gateway.endpoints[prefix + "/messages/count_tokens"] = self.count_tokens
 
+    async def start(self, gateway: Gateway) -> None:
+        self.register(gateway)
+
     async def stop(self) -> None:
-        self._gateway = None
+        pass  # the endpoints stay registered: a restarted gateway serves them again
 
     async def messages(self, scope: Scope, ctx: RequestContext, receive: Receive,
                        send: Send) -> RequestOutcome:
