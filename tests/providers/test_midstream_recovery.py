@@ -151,3 +151,10 @@ def test_anthropic_client_sees_one_complete_message() -> None:
             final = stream.get_final_message()
         assert text == FIRST[:12] + SECOND
         assert final.stop_reason == "end_turn"
+
+
+def test_an_in_band_provider_error_mid_stream_is_continued() -> None:
+    with recovering_gateway("anthropic", "openai") as (a, _, recorder, url):
+        a.set_default(Fault.error_mid_stream(2, 529))  # event: error, overloaded_error
+        assert answer_text(ask(url)) == FIRST[:12] + SECOND
+        assert recorder.last().recoveries == 1
