@@ -109,12 +109,9 @@ class SidecarClassifier:
         self.max_in_flight = max_in_flight
         self.min_model_ms = min_model_ms
         self.ping_interval_s = ping_interval_s
-        # Which configured categories the lexical model knows (column indices into its output).
         self._lex_cols: list[tuple[int, int]] = []
-        if self.lexical is not None:
-            known = {name: j for j, name in enumerate(self.lexical.categories)}
-            self._lex_cols = [(i, known[c]) for i, c in enumerate(self.categories) if c in known]
-        self._lex_complete = len(self._lex_cols) == len(self.categories)
+        self._lex_complete = False
+        self._index_lexical()
         self._cache: OrderedDict[bytes, Classification] = OrderedDict()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Reply]] = {}
@@ -126,6 +123,14 @@ class SidecarClassifier:
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
         self.stats: dict[str, int] = dict.fromkeys(("cache", "lexical", "model", "fallback"), 0)
+
+    def _index_lexical(self) -> None:
+        """Which configured categories the lexical model knows (its output columns)."""
+        self._lex_cols = []
+        if self.lexical is not None:
+            known = {name: j for j, name in enumerate(self.lexical.categories)}
+            self._lex_cols = [(i, known[c]) for i, c in enumerate(self.categories) if c in known]
+        self._lex_complete = len(self._lex_cols) == len(self.categories)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -162,6 +167,7 @@ class SidecarClassifier:
         """New routes (config reload): re-teach the sidecar; the cache is emptied."""
         self.routes = tuple(routes)
         self.categories = tuple(spec.name for spec in self.routes)
+        self._index_lexical()
         self._cache.clear()
         if self._connected:
             self._configured = False
@@ -191,8 +197,12 @@ class SidecarClassifier:
             return await self._fallback(text, lex, started)
         probs = self._align(reply)
         if lex is not None:
-            probs = mix_known(self.categories, probs, self.categories, lex, 1.0,
-                              self.lexical_weight)
+            # Only over the routes the lexical model knows: a route it has never seen keeps
+            # the model's probability (its zero here means "no opinion", not "no").
+            known = [i for i, _ in self._lex_cols]
+            probs = mix_known(self.categories, probs,
+                              tuple(self.categories[i] for i in known), lex[known],
+                              1.0, self.lexical_weight)
         return self._remember(key, self._from_probs(probs, "model", text, started))
 
     def _lexical_probs(self, text: str) -> npt.NDArray[np.float32] | None:
