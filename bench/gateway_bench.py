@@ -6,7 +6,8 @@ seconds. Printed per scenario: requests/s, p50/p99 latency, the latency routegat
 routegate's CPU-µs per request read from /proc (user + system time of the gateway process),
 with ratios to the direct baseline measured in the same run. The fake provider's own CPU-µs
 per request is printed too: it is a bare uvicorn app, so it shows what one HTTP exchange costs
-on this machine (syscalls included), a floor to read the gateway's number against.
+on this machine (syscalls included), a floor to read the gateway's number against; ``gw/fake``
+is their ratio, the steadiest number on a shared machine (both swell alike under contention).
 
     python -m bench.gateway_bench [--seconds 5] [--transports fast,aiohttp,httpx]
 
@@ -212,15 +213,17 @@ def main(argv: list[str] | None = None) -> int:
 def _report(results: list[Result]) -> None:
     baseline = {r.name.split()[1] + r.name.split()[2]: r for r in results if r.name.startswith("direct")}
     print(f"\n{'scenario':22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} "
-          f"{'rps/direct':>10} {'CPU-µs/req':>11} {'fake CPU-µs':>12} {'non-2xx':>8}")
+          f"{'rps/direct':>10} {'CPU-µs/req':>11} {'fake CPU-µs':>12} {'gw/fake':>8} {'non-2xx':>8}")
     for r in results:
         base = baseline[r.name.split()[1] + r.name.split()[2]]
         added = "" if r is base else f"{r.p50_ms - base.p50_ms:+.2f}"
         ratio = "" if r is base else f"{r.rps / base.rps:.2f}"
         cpu = "" if r.cpu_us is None else f"{r.cpu_us:.0f}"
         fake = "" if r.provider_cpu_us is None else f"{r.provider_cpu_us:.0f}"
+        per_fake = ("" if r.cpu_us is None or not r.provider_cpu_us
+                    else f"{r.cpu_us / r.provider_cpu_us:.2f}")
         print(f"{r.name:22} {r.rps:8.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {added:>10} {ratio:>10} "
-              f"{cpu:>11} {fake:>12} {r.errors:8d}")
+              f"{cpu:>11} {fake:>12} {per_fake:>8} {r.errors:8d}")
     for transport in sorted({r.name.split()[0] for r in results} - {"direct"}):
         rows = {r.name.split()[1] + r.name.split()[2]: r for r in results
                 if r.name.split()[0] == transport}
