@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
+import httpx
+
 from bench.fakes import FakeProvider, serve_in_thread
 from routegate.middleware import GatewayConfig, parse_config
+from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
 from tests.conftest import FAST_TIMEOUTS, running_gateway
 
 Kind = Literal["openai", "anthropic", "gemini"]
@@ -56,3 +60,27 @@ def two_kinds(first: Kind, second: Kind, *, first_reply: str = "Hello from the f
             extra)
         with running_gateway(config) as url:
             yield a, b, url
+
+
+class Recorder:
+    """An observer that hands the finished request's context to the test thread."""
+
+    def __init__(self) -> None:
+        self.contexts: list[RequestContext] = []
+        self.done = threading.Event()
+
+    def on_request(self, ctx: RequestContext) -> None: ...
+    def on_classified(self, ctx: RequestContext) -> None: ...
+    def on_attempt_start(self, ctx: RequestContext, attempt: AttemptInfo,
+                         request: httpx.Request) -> None: ...
+    def on_attempt_end(self, ctx: RequestContext, attempt: AttemptInfo) -> None: ...
+
+    def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
+        ctx.state["outcome"] = outcome
+        self.contexts.append(ctx)
+        self.done.set()
+
+    def last(self) -> RequestContext:
+        assert self.done.wait(5.0)
+        self.done.clear()
+        return self.contexts[-1]

@@ -4,7 +4,6 @@ spliced into the same client stream, with no text repeated; tool-call streams ar
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,37 +13,12 @@ import pytest
 
 from bench.fakes import FakeProvider, Fault, serve_in_thread
 from routegate.middleware import create_app
-from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
 from tests.conftest import answer_text
-from tests.providers.native_pool import Kind, model, native_config
+from tests.providers.native_pool import Kind, Recorder, model, native_config
 
 FIRST = "Alpha beta gamma delta epsilon"  # five chunks of six characters
 SECOND = "Continued by the backup."
 RECOVERY = {"recovery": {"mode": "continue", "max_splices": 1}}
-
-
-class Recorder:
-    """An observer that hands the finished request's context to the test thread."""
-
-    def __init__(self) -> None:
-        self.contexts: list[RequestContext] = []
-        self.done = threading.Event()
-
-    def on_request(self, ctx: RequestContext) -> None: ...
-    def on_classified(self, ctx: RequestContext) -> None: ...
-    def on_attempt_start(self, ctx: RequestContext, attempt: AttemptInfo,
-                         request: httpx.Request) -> None: ...
-    def on_attempt_end(self, ctx: RequestContext, attempt: AttemptInfo) -> None: ...
-
-    def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
-        ctx.state["outcome"] = outcome
-        self.contexts.append(ctx)
-        self.done.set()
-
-    def last(self) -> RequestContext:
-        assert self.done.wait(5.0)
-        self.done.clear()
-        return self.contexts[-1]
 
 
 @contextmanager

@@ -18,8 +18,7 @@ from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.tokens import EstimatedUsage, TokenEstimator
 from routegate.middleware.wire.openai import ChatRequest
 from routegate.sidecar.local_llm import default_model_path
-from tests.providers.native_pool import model, native_config
-from tests.providers.test_midstream_recovery import Recorder
+from tests.providers.native_pool import Recorder, model, native_config
 
 ANSWER = "Tokenizers split text into pieces; this answer came without any usage."
 PROMPT = [{"role": "user", "content": "Count my tokens, please"}]
