@@ -618,6 +618,7 @@ async def send_upstream(client: httpx.AsyncClient, request: httpx.Request, *,
     # httpx has no public "transport for this URL"; the private lookup keeps mounts working.
     transport: httpx.AsyncBaseTransport = client._transport_for_url(request.url)
     response = await transport.handle_async_request(request)
+    response.request = request  # as client.send does (FastTransport already has)
     if not stream:
         try:
             body = response.stream
