@@ -220,11 +220,12 @@ class FastGrpcSpanExporter(_GrpcSpanExporter):
         self._encoder = SpanEncoder()
 
     def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+        request: ExportTraceServiceRequest
         try:
-            return ExportTraceServiceRequest.FromString(self._encoder.encode(data))
+            request = ExportTraceServiceRequest.FromString(self._encoder.encode(data))
         except TypeError:
-            request: ExportTraceServiceRequest = super()._translate_data(data)
-            return request
+            request = super()._translate_data(data)
+        return request
 
 
 class FastHttpSpanExporter(_HttpSpanExporter):

@@ -38,12 +38,14 @@ _propagator = TraceContextTextMapPropagator()
 
 
 class _RequestSpans:
-    __slots__ = ("attempts", "context", "server")
+    __slots__ = ("attempts", "context", "recording", "server")
 
     def __init__(self, server: trace.Span, context: Context) -> None:
         self.server = server
         self.context = context  # the server span as parent of the child spans
         self.attempts: dict[int, trace.Span] = {}
+        # A trace the sampler dropped gets no child spans and no attributes, only metrics.
+        self.recording = server.is_recording()
 
 
 class TelemetryObserver:
@@ -107,22 +109,26 @@ class TelemetryObserver:
             a.RG_CLASSIFIER_LATENCY_MS: found.latency_ms,
             a.RG_CLASSIFIER_COMPLEXITY: found.complexity,
         }
-        # The classification details live on their own span; the server span gets the
-        # category (every attribute is paid for again when the batch is encoded).
-        spans.server.set_attribute(a.RG_CATEGORY, found.category)
         started = ctx.classify_started_at
         ended = ctx.classify_ended_at
-        if started is not None and ended is not None:
+        if started is None or ended is None:
+            return
+        self._classifier_duration.record(ended - started, {a.RG_CLASSIFIER_METHOD: found.method})
+        if spans.recording:
+            # The classification details live on their own span; the server span gets the
+            # category (every attribute is paid for again when the batch is encoded).
+            spans.server.set_attribute(a.RG_CATEGORY, found.category)
             span = self._tracer.start_span(a.CLASSIFY_SPAN, context=spans.context,
                                            start_time=self._ns(started), attributes=attrs)
             span.end(end_time=self._ns(ended))
-            self._classifier_duration.record(ended - started,
-                                             {a.RG_CLASSIFIER_METHOD: found.method})
 
     def on_attempt_start(self, ctx: RequestContext, attempt: AttemptInfo,
                          request: httpx.Request) -> None:
         spans: _RequestSpans | None = ctx.state.get(_STATE_KEY)
         if spans is None:
+            return
+        if not spans.recording:  # upstream joins the (unsampled) trace through the server span
+            _inject(request, spans.server.get_span_context())
             return
         attrs: dict[str, AttributeValue] = {
             a.GEN_AI_OPERATION_NAME: a.OPERATION_CHAT,
@@ -153,20 +159,13 @@ class TelemetryObserver:
                                        kind=SpanKind.CLIENT,
                                        start_time=self._ns(attempt.started_at), attributes=attrs)
         spans.attempts[attempt.index] = span
-        # Only traceparent/tracestate go upstream: no baggage, which may carry user data.
-        # Written directly: the propagator's context round trip costs more than the span.
-        sc = span.get_span_context()
-        if sc.is_valid:
-            request.headers["traceparent"] = (
-                f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}")
-            if sc.trace_state:
-                request.headers["tracestate"] = sc.trace_state.to_header()
+        _inject(request, span.get_span_context())
 
     def on_attempt_end(self, ctx: RequestContext, attempt: AttemptInfo) -> None:
         spans: _RequestSpans | None = ctx.state.get(_STATE_KEY)
-        span = None if spans is None else spans.attempts.pop(attempt.index, None)
-        if span is None:
+        if spans is None:
             return
+        span = spans.attempts.pop(attempt.index, None)
         provider = _provider_name(attempt.provider_type)
         metric_attrs: dict[str, AttributeValue] = {
             a.GEN_AI_OPERATION_NAME: a.OPERATION_CHAT,
@@ -190,15 +189,17 @@ class TelemetryObserver:
         if error_type is not None:
             attrs[a.ERROR_TYPE] = error_type
             metric_attrs[a.ERROR_TYPE] = error_type
-            detail = (attempt.failure.detail if attempt.failure is not None
-                      else attempt.error_after_first_byte or error_type)
-            span.set_status(Status(StatusCode.ERROR, detail[:200]))
+            if span is not None:
+                detail = (attempt.failure.detail if attempt.failure is not None
+                          else attempt.error_after_first_byte or error_type)
+                span.set_status(Status(StatusCode.ERROR, detail[:200]))
         usage = attempt.usage
         if usage is not None:
             attrs[a.GEN_AI_USAGE_INPUT_TOKENS] = usage.prompt_tokens
             attrs[a.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.completion_tokens
-        span.set_attributes(attrs)
-        span.end(end_time=self._ns(attempt.ended_at or time.perf_counter()))
+        if span is not None:
+            span.set_attributes(attrs)
+            span.end(end_time=self._ns(attempt.ended_at or time.perf_counter()))
 
         self._operation_duration.record(
             max(0.0, (attempt.ended_at or time.perf_counter()) - attempt.started_at), metric_attrs)
@@ -227,7 +228,8 @@ class TelemetryObserver:
             a.RG_ATTEMPTS: len(ctx.attempts),
         }
         if ctx.requested_model:
-            server.update_name(f"chat {ctx.requested_model}")
+            if spans.recording:
+                server.update_name(f"chat {ctx.requested_model}")
             attrs[a.GEN_AI_OPERATION_NAME] = a.OPERATION_CHAT
             attrs[a.GEN_AI_REQUEST_MODEL] = ctx.requested_model
             attrs[a.GEN_AI_REQUEST_STREAM] = ctx.stream
@@ -248,9 +250,10 @@ class TelemetryObserver:
             attrs[a.RG_TTFT_S] = ttft
         if outcome.error_type:
             attrs[a.ERROR_TYPE] = outcome.error_type
-        if outcome.result == "error":
-            server.set_status(Status(StatusCode.ERROR, outcome.error_type or "error"))
-        server.set_attributes(attrs)
+        if spans.recording:
+            if outcome.result == "error":
+                server.set_status(Status(StatusCode.ERROR, outcome.error_type or "error"))
+            server.set_attributes(attrs)
         server.end(end_time=self._ns(now))
 
         if not ctx.requested_model:
@@ -283,6 +286,16 @@ class _Sums:
     def observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         return [metrics.Observation(value, dict(zip(self.names, key, strict=True)))
                 for key, value in list(self.values.items())]
+
+
+def _inject(request: httpx.Request, context: trace.SpanContext) -> None:
+    """traceparent (and tracestate) on the upstream request; never baggage, which may carry
+    user data. Written directly: the propagator's context round trip costs more."""
+    if context.is_valid:
+        request.headers["traceparent"] = (
+            f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}")
+        if context.trace_state:
+            request.headers["tracestate"] = context.trace_state.to_header()
 
 
 def _answering_attempt(ctx: RequestContext, outcome: RequestOutcome) -> AttemptInfo | None:

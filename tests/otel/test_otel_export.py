@@ -98,7 +98,7 @@ def test_otlp_export_from_standard_environment(protocol: str, monkeypatch: pytes
 def test_sampler_from_the_environment(monkeypatch: pytest.MonkeyPatch,
                                       fake_openai: tuple[FakeProvider, str]) -> None:
     """OTEL_TRACES_SAMPLER=always_off: nothing is exported and the response says so."""
-    _, fake_url = fake_openai
+    fake, fake_url = fake_openai
     with http_receiver() as (endpoint, received):
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
@@ -108,5 +108,9 @@ def test_sampler_from_the_environment(monkeypatch: pytest.MonkeyPatch,
                 model="cheap", messages=[{"role": "user", "content": "Hi"}])
         flags = int(raw.headers["traceresponse"].rsplit("-", 1)[1], 16)
         assert flags & 0x01 == 0  # the sampled bit is clear
+        # The upstream call still joins the trace (as unsampled), through the server span.
+        upstream = fake.requests[-1].headers["traceparent"].split("-")
+        assert upstream[1:3] == raw.headers["traceresponse"].split("-")[1:3]
+        assert int(upstream[3], 16) & 0x01 == 0
         assert not received.spans()
         assert a.METRIC_REQUESTS in received.metric_names()  # metrics do not sample
