@@ -4,6 +4,7 @@ and small scripted HTTP/1.1 servers for the misbehaviours uvicorn will not produ
 from __future__ import annotations
 
 import asyncio
+import gzip
 import re
 import shutil
 import socket
@@ -333,3 +334,22 @@ async def test_large_body_with_back_pressure_then_reuse() -> None:
             assert len((await client.get(url)).content) == size
         assert server.connections == 1
         assert transport.connections_opened == 1
+
+
+async def test_send_upstream_reads_whole_bodies_and_decodes_them() -> None:
+    packed = gzip.compress(b"unpacked")
+
+    async def gzipped(server: ScriptedServer, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n"
+                         % len(packed) + packed)
+
+    async with (scripted(keep_alive) as (_, plain_url), scripted(gzipped) as (_, gzip_url),
+                httpx.AsyncClient(transport=FastTransport()) as client):
+        plain = await send_upstream(client, client.build_request("GET", plain_url))
+        assert plain.content == b"ok"
+        assert plain.request.url == plain_url
+        assert plain.is_stream_consumed and plain.is_closed
+        packed_answer = await send_upstream(client, client.build_request("GET", gzip_url))
+        assert packed_answer.content == b"unpacked"
