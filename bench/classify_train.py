@@ -208,10 +208,10 @@ def main() -> int:
     parser.add_argument("--write", action="store_true",
                         help="write the shipped weights (trained on the non-held-back rows)")
     parser.add_argument("--eval", default="random,source", help="splits to evaluate")
-    parser.add_argument("--temperature", type=float, default=0.05)
-    parser.add_argument("--knn-weight", type=float, default=0.25)
-    parser.add_argument("--lexical-weight", type=float, default=1.5)
-    parser.add_argument("--accept", type=float, default=0.8)
+    parser.add_argument("--temperature", type=float, default=0.02)
+    parser.add_argument("--knn-weight", type=float, default=1.0)
+    parser.add_argument("--lexical-weight", type=float, default=3.0)
+    parser.add_argument("--accept", type=float, default=0.9)
     parser.add_argument("--drop-nc", action="store_true",
                         help="train shipped weights without non-commercial sources")
     args = parser.parse_args()
