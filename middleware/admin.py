@@ -52,6 +52,7 @@ __all__ = ["AdaptiveExtension"]
 log = logging.getLogger("routegate")
 _json = msgspec.json.Encoder()
 _RESERVATION = "routegate.reservation"
+_PROBES = "routegate.probes"
 _COST_HEADER = b"x-routegate-cost-usd"
 
 
@@ -171,6 +172,7 @@ class AdaptiveExtension:
             ctx.state[_RESERVATION] = self.limiter.admit(client, reservation_usd(request, models))
         if plan.probes:
             self.registry.claim_probes(ctx.request_id, plan.probes)
+            ctx.state[_PROBES] = True
 
     def wrap_send(self, ctx: RequestContext, send: Send) -> Send:
         """Adds ``x-routegate-cost-usd`` to whole (non-stream) answers: their usage, hence
@@ -182,16 +184,16 @@ class AdaptiveExtension:
         async def with_cost(message: Message) -> None:
             if message["type"] == "http.response.start" and ctx.attempts:
                 cost = ctx.attempts[-1].cost_usd
-                if cost is not None:
-                    message = dict(message)
-                    message["headers"] = [*message.get("headers", []),
+                if cost is not None:  # the relay builds each message (and list) afresh
+                    message["headers"] = [*message.get("headers", ()),
                                           (_COST_HEADER, f"{cost:.10f}".encode())]
             await send(message)
 
         return with_cost
 
     def settle(self, ctx: RequestContext) -> None:
-        self.registry.release_probes(ctx.request_id)
+        if ctx.state.pop(_PROBES, False):
+            self.registry.release_probes(ctx.request_id)
         reservation: Reservation | None = ctx.state.pop(_RESERVATION, None)
         if reservation is not None:
             self.limiter.settle(reservation, _request_cost(ctx.attempts))
@@ -280,14 +282,14 @@ class AdaptiveExtension:
                             "consecutive_failures": breaker.consecutive, "opens": breaker.opens,
                             "probe_in_flight": breaker.probe_owner is not None},
                 "requests_total": tracker.requests_total,
-                "windows": {label: w.stats(now).as_dict() for label, w in tracker.windows.items()},
+                "windows": {label: tracker.stats(label, now).as_dict() for label in WINDOWS},
                 "quality": {cat: {"score": q.quality, "samples": q.quality_samples}
                             for cat, w in tracker.quality.items()
                             for q in (w.stats(now),) if q.quality_samples},
             }
         providers = {name: {"requests_total": t.requests_total,
-                            "windows": {label: w.stats(now).as_dict()
-                                        for label, w in t.windows.items()}}
+                            "windows": {label: t.stats(label, now).as_dict()
+                                        for label in WINDOWS}}
                      for name, t in registry.providers.items()}
         categories: dict[str, Any] = {}
         view = self.route_view_for_explain()

@@ -10,7 +10,6 @@ the router reads (``slo.min_quality``).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import msgspec
@@ -42,12 +41,13 @@ _decoder = msgspec.json.Decoder(FeedbackBody)
 
 
 class FeedbackStore:
-    """request/trace ID -> (model, category), the oldest forgotten past ``capacity``."""
+    """request/trace ID -> (model, category), the oldest forgotten past ``capacity``
+    (request IDs are unique, so insertion order is age order)."""
 
     def __init__(self, registry: HealthRegistry, capacity: int = 100_000) -> None:
         self.registry = registry
         self.capacity = max(1, capacity)
-        self._answered: OrderedDict[str, Answered] = OrderedDict()
+        self._answered: dict[str, Answered] = {}  # insertion order: oldest first
         self.received = 0
 
     def remember(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
@@ -60,10 +60,10 @@ class FeedbackStore:
                 self._put("trace:" + value.decode("latin-1"), answered)
 
     def _put(self, key: str, answered: Answered) -> None:
-        self._answered[key] = answered
-        self._answered.move_to_end(key)
-        while len(self._answered) > self.capacity:
-            self._answered.popitem(last=False)
+        answered_map = self._answered
+        answered_map[key] = answered
+        while len(answered_map) > self.capacity:
+            del answered_map[next(iter(answered_map))]
 
     def lookup(self, request_id: str | None, trace_id: str | None) -> Answered | None:
         if request_id:

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import httpx
 
@@ -115,6 +115,22 @@ class _Agg:
         if s.quality is not None:
             self.q_n += 1
             self.q_sum += s.quality
+
+    def merge(self, o: _Agg) -> None:
+        self.ok += o.ok
+        self.fail += o.fail
+        self.lat_n += o.lat_n
+        self.ttft_n += o.ttft_n
+        self.cost_n += o.cost_n
+        self.cost_sum += o.cost_sum
+        self.out_tok += o.out_tok
+        self.gen_s += o.gen_s
+        self.q_n += o.q_n
+        self.q_sum += o.q_sum
+        if o.lat_n:
+            self.lat = [a + b for a, b in zip(self.lat, o.lat, strict=True)]
+        if o.ttft_n:
+            self.ttft = [a + b for a, b in zip(self.ttft, o.ttft, strict=True)]
 
     def subtract(self, o: _Agg) -> None:
         self.ok -= o.ok
@@ -231,6 +247,14 @@ class Window:
         self._buckets[slot].add(sample, bins)
         self._total.add(sample, bins)
 
+    def merge(self, now: float, agg: _Agg) -> None:
+        """Add a whole accumulator (one tick of samples) at ``now``."""
+        epoch = self._advance(now)
+        slot = epoch % len(self._buckets)
+        self._stamps[slot] = epoch
+        self._buckets[slot].merge(agg)
+        self._total.merge(agg)
+
     def counts(self, now: float) -> tuple[int, int]:
         """(successes, failures) in the window: what a breaker needs, without percentiles."""
         self._advance(now)
@@ -269,38 +293,101 @@ class Window:
 
 class Tracker:
     """The stats windows (1 min, 5 min, 1 h) and the decision window of one model or
-    provider, plus per-category quality windows (1 h: feedback is sparse)."""
+    provider, plus per-category quality windows (1 h: feedback is sparse).
 
-    __slots__ = ("_cache", "_cache_key", "_version", "decision", "quality", "requests_total",
-                 "windows")
+    A sample goes into one accumulator for the current tick (1 s, or a decision bucket if
+    shorter): one small add per request. When the tick changes (or someone reads) the
+    accumulator is folded into every window at once, so the per-request cost does not grow
+    with the number of windows. Routing reads folded ticks only (at most one tick behind,
+    cached in between); breakers count the open tick too, so they react at once.
+    """
+
+    __slots__ = ("_cache", "_cache_key", "_folds", "_pending", "_pending_at", "_pending_has",
+                 "_pending_tick", "_quality_version", "_signals", "_tick_s", "_version",
+                 "decision", "quality", "requests_total", "windows")
 
     def __init__(self, decision_window_s: float) -> None:
         self.windows = {name: Window(span, n) for name, (span, n) in WINDOWS.items()}
         self.decision = Window(decision_window_s, 12)
         self.quality: dict[str, Window] = {}
         self.requests_total = 0
+        self._tick_s = min(1.0, decision_window_s / 12)
+        self._pending = _Agg()
+        self._pending_has = False
+        self._pending_tick = -1
+        self._pending_at = 0.0
+        self._folds = 0
         self._version = 0
         self._cache_key = (-1, -1)
-        self._cache: Decision | None = None
+        self._cache = Decision(0, None, None, None)
+        self._quality_version = 0
+        self._signals: dict[str | None, tuple[tuple[int, int, int, int], ModelSignal]] = {}
 
-    def decision_stats(self, now: float) -> Decision:
-        """The decision window's numbers, recomputed only when a sample arrived or a bucket
-        moved (the router reads them on every request)."""
-        key = (self.decision.epoch(now), self._version)
-        if self._cache is None or key != self._cache_key:
-            self._cache, self._cache_key = self.decision.decision(now), key
-        return self._cache
+    def _fold(self) -> None:
+        if self._pending_has:
+            pending, at = self._pending, self._pending_at
+            for window in self.windows.values():
+                window.merge(at, pending)
+            self.decision.merge(at, pending)
+            self._pending, self._pending_has = _Agg(), False
+            self._folds += 1
+
+    def _tick(self, now: float) -> None:
+        tick = int(now // self._tick_s)
+        if tick != self._pending_tick:
+            self._fold()
+            self._pending_tick, self._pending_at = tick, now
 
     def add(self, now: float, sample: Sample, bins: tuple[int, int] | None = None) -> None:
-        bins = bins or _bins(sample)
+        self._tick(now)
+        self._pending.add(sample, bins or _bins(sample))
+        self._pending_has = True
         self._version += 1
         if sample.ok is not None:
             self.requests_total += 1
-        for window in self.windows.values():
-            window.add(now, sample, bins)
-        self.decision.add(now, sample, bins)
+
+    def stats(self, window: str, now: float) -> WindowStats:
+        """One stats window (``1m``, ``5m``, ``1h``) read now."""
+        self._fold()
+        return self.windows[window].stats(now)
+
+    def counts(self, now: float) -> tuple[int, int]:
+        """(successes, failures) in the decision window, the open tick included."""
+        self._tick(now)
+        ok, fail = self.decision.counts(now)
+        return ok + self._pending.ok, fail + self._pending.fail
+
+    def decision_stats(self, now: float) -> Decision:
+        """The numbers routing reads: the decision window as of the last folded tick (at most
+        one tick behind), recomputed only when a tick is folded or a bucket slides."""
+        self._tick(now)
+        key = (self.decision.epoch(now), self._folds)
+        if key != self._cache_key:
+            self._cache, self._cache_key = self.decision.decision(now), key
+        return self._cache
+
+    def signal(self, now: float, category: str | None, slo: SloConfig,
+               config_version: int) -> ModelSignal:
+        """The health part of a routing signal (breaker closed), cached until a tick is folded,
+        a bucket slides, a quality score arrives or the config changes."""
+        self._tick(now)
+        key = (self.decision.epoch(now), self._folds, self._quality_version, config_version)
+        cached = self._signals.get(category)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        stats = self.decision_stats(now)
+        quality, quality_n = None, 0
+        window = self.quality.get(category) if category is not None else None
+        if window is not None:
+            q = window.stats(now)
+            quality, quality_n = q.quality, q.quality_samples
+        signal = ModelSignal("closed", True, stats.requests, stats.error_rate,
+                             stats.latency_p95_s, stats.ttft_p95_s, quality, quality_n, slo)
+        self._signals[category] = (key, signal)
+        return signal
 
     def add_quality(self, now: float, category: str | None, score: float) -> None:
+        self._quality_version += 1
         sample = Sample(quality=score)
         self.add(now, sample)
         if category is not None:
@@ -308,6 +395,10 @@ class Tracker:
             if window is None:
                 window = self.quality[category] = Window(*WINDOWS["1h"])
             window.add(now, sample)
+
+
+class _Counts(Protocol):
+    def counts(self, now: float) -> tuple[int, int]: ...
 
 
 class Breaker:
@@ -340,9 +431,9 @@ class Breaker:
         if self.probe_owner == request_id:
             self.probe_owner = None
 
-    def record(self, now: float, ok: bool, window: Window) -> None:
-        """One verdict; ``window`` (the decision window, already holding it) is read only on
-        failures."""
+    def record(self, now: float, ok: bool, window: _Counts) -> None:
+        """One verdict; ``window`` (the decision window's counts, this verdict included) is
+        read only on failures."""
         if ok:
             self.consecutive = 0
             if self._open:
@@ -380,12 +471,14 @@ class HealthRegistry:
         self.providers: dict[str, Tracker] = {}
         self.breakers: dict[str, Breaker] = {}
         self.config = config
+        self.config_version = 0
         self.configure(config)
 
     def configure(self, config: GatewayConfig) -> None:
         """Adopt a (re)loaded config: new models get trackers, breakers take new settings,
         history of models that stay is kept."""
         self.config = config
+        self.config_version += 1
         span = config.adaptive.decision_window_s
         for name, model in config.models.items():
             tracker = self.models.get(name)
@@ -420,7 +513,7 @@ class HealthRegistry:
         if provider_tracker is not None:
             provider_tracker.add(now, sample, bins)
         if sample.ok is not None:
-            self.breakers[model].record(now, sample.ok, tracker.decision)
+            self.breakers[model].record(now, sample.ok, tracker)
 
     def record_quality(self, model: str, category: str | None, score: float) -> bool:
         tracker = self.models.get(model)
@@ -495,20 +588,14 @@ class LiveView:
         registry = self._registry
         tracker = registry.models.get(model)
         breaker = registry.breakers.get(model)
-        slo = registry.slo(model)
         if tracker is None or breaker is None:
-            return ModelSignal(slo=slo)
-        stats = tracker.decision_stats(self._now)
-        quality, quality_n = None, 0
-        window = tracker.quality.get(category) if category is not None else None
-        if window is not None:
-            q = window.stats(self._now)
-            quality, quality_n = q.quality, q.quality_samples
-        return ModelSignal(
-            breaker=breaker.state(self._now), probe_free=breaker.probe_owner is None,
-            requests=stats.requests, error_rate=stats.error_rate,
-            latency_p95_s=stats.latency_p95_s, ttft_p95_s=stats.ttft_p95_s,
-            quality=quality, quality_samples=quality_n, slo=slo)
+            return ModelSignal(slo=registry.slo(model))
+        signal = tracker.signal(self._now, category, registry.slo(model),
+                                registry.config_version)
+        state = breaker.state(self._now)
+        if state != "closed":
+            signal = signal._replace(breaker=state, probe_free=breaker.probe_owner is None)
+        return signal
 
     def override(self, model: str, category: str | None) -> Override | None:
         return self._controls.lookup(model, category, self._wall)
@@ -533,7 +620,8 @@ def attempt_sample(attempt: AttemptInfo) -> Sample:
 
 
 class HealthObserver:
-    """Feeds attempt outcomes into the registry; releases probe claims when a request ends."""
+    """Feeds attempt outcomes into the registry as each attempt ends (a failing provider must
+    count before the fallback's answer, which may be a long stream, has finished)."""
 
     def __init__(self, registry: HealthRegistry) -> None:
         self.registry = registry
@@ -552,4 +640,4 @@ class HealthObserver:
         self.registry.record(attempt.model, attempt.provider, attempt_sample(attempt))
 
     def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
-        self.registry.release_probes(ctx.request_id)
+        pass  # probe claims are released by the policy's settle (it always runs)

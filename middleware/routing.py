@@ -20,8 +20,8 @@ Every candidate carries its weight and the reasons for it (``Plan.candidates``),
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Protocol
 
 from routegate.middleware.config import GatewayConfig, SloConfig
 from routegate.middleware.errors import ModelNotFound
@@ -39,9 +39,12 @@ LATENCY_FACTOR = 0.5
 QUALITY_FACTOR = 0.25
 
 
-@dataclass(frozen=True, slots=True)
-class ModelSignal:
-    """What live health says about one pool model (and category) at one instant."""
+_DEFAULT_SLO = SloConfig()
+
+
+class ModelSignal(NamedTuple):
+    """What live health says about one pool model (and category) at one instant. (Named
+    tuples: built for every candidate of every request, and cheaper than frozen dataclasses.)"""
 
     breaker: Literal["closed", "open", "half_open"] = "closed"
     probe_free: bool = True  # half-open with no probe in flight: this request may probe
@@ -51,7 +54,7 @@ class ModelSignal:
     ttft_p95_s: float | None = None
     quality: float | None = None  # for the request's category
     quality_samples: int = 0
-    slo: SloConfig = field(default_factory=SloConfig)
+    slo: SloConfig = _DEFAULT_SLO
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +74,7 @@ class RouteView(Protocol):
     def override(self, model: str, category: str | None) -> Override | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     model: str
     weight: float
     reasons: tuple[str, ...] = ()

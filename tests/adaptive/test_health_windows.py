@@ -69,7 +69,7 @@ def test_quality_is_per_model_and_category() -> None:
     code = tracker.quality["code"].stats(clock.now)
     assert code.quality == pytest.approx(0.75) and code.quality_samples == 4
     assert "chat" not in tracker.quality
-    assert tracker.windows["1h"].stats(clock.now).quality == pytest.approx(0.75)
+    assert tracker.stats("1h", clock.now).quality == pytest.approx(0.75)
 
 
 def test_breaker_opens_on_consecutive_failures_probes_once_and_closes() -> None:
@@ -121,13 +121,13 @@ def test_registry_feeds_breakers_and_providers_and_keeps_history_on_reconfigure(
     assert registry.breakers["m"].state(clock.now) == "closed"
     registry.record("m", "p", Sample(ok=False))
     assert registry.breakers["m"].state(clock.now) == "open"
-    assert registry.providers["p"].windows["1m"].stats(clock.now).failures == 2
+    assert registry.providers["p"].stats("1m", clock.now).failures == 2
     clock.now += 5
     assert registry.models["m"].decision_stats(clock.now).requests == 2
     clock.now += 6  # past the 10 s decision window
     assert registry.models["m"].decision_stats(clock.now).requests == 0
-    assert registry.models["m"].windows["1m"].stats(clock.now).requests == 2
+    assert registry.models["m"].stats("1m", clock.now).requests == 2
     raw["models"]["n"] = {"provider": "p"}
     registry.configure(parse_config(raw))
-    assert registry.models["m"].windows["1m"].stats(clock.now).requests == 2
+    assert registry.models["m"].stats("1m", clock.now).requests == 2
     assert registry.breakers["m"].state(clock.now) == "open" and "n" in registry.breakers
