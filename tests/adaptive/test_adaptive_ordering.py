@@ -153,3 +153,22 @@ def test_live_view_loses_and_regains_traffic_as_the_window_slides() -> None:
     clock.now += 10
     assert plan_route("auto", chat(), cfg, ALL, LiveView(registry, controls)).models[0] == "cheap"
     assert controls.active() == {}
+
+
+def test_per_model_slo_overrides_the_default() -> None:
+    raw: dict[str, Any] = {
+        "providers": {"p": {"type": "openai", "base_url": "http://x/v1"}},
+        "models": {**MODELS, "cheap": {**MODELS["cheap"], "provider": "p",
+                                       "slo": {"latency_p95_s": 10.0, "min_requests": 1}}},
+        "routes": {"chat": {"min_capability": 0.7}},
+        "adaptive": {"slo": {"latency_p95_s": 1.0, "min_requests": 1}}}
+    raw["models"]["big"] = {**MODELS["big"], "provider": "p"}
+    cfg = parse_config(raw)
+    clock = Clock()
+    registry = HealthRegistry(cfg, clock)
+    for model in ("cheap", "mid"):
+        registry.record(model, "p", Sample(ok=True, latency_s=3.0))
+    clock.now += 1
+    result = plan_route("auto", chat(), cfg, ALL, LiveView(registry, Controls(wall=clock)))
+    assert result.models == ("cheap", "big", "mid")  # 3 s is within cheap's own 10 s SLO
+    assert "latency p95" in result.candidates[-1].reasons[0]

@@ -166,3 +166,18 @@ def test_feedback_feeds_the_quality_window_that_moves_the_category(tmp_path: Pat
             assert both.status_code == 400
             assert httpx.post(url + "/v1/feedback", json={"request_id": "x", "score": 2}
                               ).status_code == 400
+
+
+def test_reload_picks_up_client_keys(served: tuple[FakeProvider, str, Path]) -> None:
+    _, url, path = served
+    from routegate.middleware.budgets import hash_key
+
+    assert chat(url).status_code == 200  # open: no client keys yet
+    path.write_text(path.read_text() + f'\n[clients.team]\nkey_sha256 = "{hash_key("sk-team")}"\n')
+    assert admin(url, "POST", "/admin/reload").status_code == 200
+    assert chat(url).status_code == 401
+    assert chat(url, headers={"authorization": "Bearer sk-team"}).status_code == 200
+    path.write_text(path.read_text().replace(hash_key("sk-team"), "sk-team"))
+    rejected = admin(url, "POST", "/admin/reload")
+    assert rejected.status_code == 400 and "key_sha256" in rejected.json()["error"]["message"]
+    assert chat(url, headers={"authorization": "Bearer sk-team"}).status_code == 200

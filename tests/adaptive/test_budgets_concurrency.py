@@ -104,3 +104,17 @@ def test_rate_limit_per_client(budgeted: tuple[FakeProvider, str]) -> None:
     assert limited.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(limited.headers["retry-after"]) >= 1
     assert chat(url, headers=auth(KEY), max_tokens=5).status_code == 200  # others unaffected
+
+
+def test_adaptive_off_keeps_operator_controls_but_not_health(
+        fake_openai: tuple[FakeProvider, str]) -> None:
+    fake, fake_url = fake_openai
+    adaptive = {"enabled": False, "breaker": {"consecutive_failures": 1}}
+    with running_gateway(pool_config({"fake": fake_url},
+                                     extra={"adaptive": adaptive, "admin": ADMIN})) as url:
+        fake.inject(Fault.status(503), model="cheap-up", times=3)
+        for _ in range(3):
+            chat(url, model="cheap")
+        assert len(fake.requests) == 6  # cheap tried every time: health does not steer
+        admin(url, "POST", "/admin/models/cheap/disable")
+        assert chat(url, model="cheap").headers["x-routegate-model"] == "mid"
