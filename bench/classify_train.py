@@ -208,6 +208,8 @@ def main() -> int:
     parser.add_argument("--write", action="store_true",
                         help="write the shipped weights (trained on the non-held-back rows)")
     parser.add_argument("--eval", default="random,source", help="splits to evaluate")
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parents[1] / "sidecar",
+                        help="where --write puts lexical.npz and embed_head.npz")
     parser.add_argument("--temperature", type=float, default=0.02)
     parser.add_argument("--knn-weight", type=float, default=1.0)
     parser.add_argument("--lexical-weight", type=float, default=3.0)
@@ -302,7 +304,8 @@ def main() -> int:
                          and not (args.drop_nc and r["source"] in NC_SOURCES)], dtype=np.int64)
         w, b = train_sparse(sparse.subset(keep), y[keep], n)
         w[np.abs(w) < 1e-3] = 0.0
-        sidecar = Path(__file__).resolve().parents[1] / "sidecar"
+        sidecar = args.out_dir
+        sidecar.mkdir(parents=True, exist_ok=True)
         LexicalModel(CATEGORIES, w.astype(np.float16), b, accept_confidence=args.accept,
                      mix_weight=args.lexical_weight).save(sidecar / "lexical.npz")
         hw, hb = train_dense(emb[keep], y[keep], n)
