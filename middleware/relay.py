@@ -82,10 +82,13 @@ class Relay:
         context_failure: UpstreamFailure | None = None
         waited_retry_after: set[str] = set()
         position = 0
-        if self._tokens is not None:  # shows the client estimated usage where none came
-            send = UsageFiller(send, request, self._tokens)
-        # Keeps the answer's bytes (no parsing) for token estimates and mid-stream recovery.
-        tape = OutputTape(send) if self._tokens is not None or self._recovering(request) else None
+        # The answer's bytes (kept, not parsed) for token estimates and mid-stream recovery;
+        # with estimates on, it also shows the client estimated usage where none came.
+        tape: OutputTape | None = None
+        if self._tokens is not None:
+            tape = UsageFiller(send, request, self._tokens)
+        elif self._recovering(request):
+            tape = OutputTape(send)
         send = tape or send
         while position < len(models) and len(ctx.attempts) < retry.max_attempts:
             pool_model = self._pool[models[position]]

@@ -19,6 +19,7 @@ import msgspec
 from routegate.middleware.asgi_types import Message, Send
 from routegate.middleware.config import UsageConfig
 from routegate.middleware.providers.base import ClientRequest
+from routegate.middleware.recovery import OutputTape
 from routegate.middleware.wire.openai import Usage
 from routegate.middleware.wire.openai_messages import field, text_content, usage_dict
 
@@ -119,56 +120,50 @@ _decode_any = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder().encode
 
 
-class UsageFiller:
-    """A ``send`` wrapper that shows the client estimated usage where the provider sent none:
-    a usage chunk (``"estimated": true``) before ``[DONE]`` when the client asked for one, and
-    a ``usage`` object in a JSON answer. Answers with usage pass untouched; the only work per
-    chunk is two substring checks."""
+class UsageFiller(OutputTape):
+    """The answer tape (:class:`OutputTape`) that also shows the client estimated usage where
+    the provider sent none: a usage chunk (``"estimated": true``) before ``[DONE]`` when the
+    client asked for one, and a ``usage`` object in a JSON answer. Answers with usage pass
+    untouched; the only work per chunk is a list append and two substring checks."""
 
-    __slots__ = ("_estimator", "_held_start", "_request", "_send", "_stream", "_text",
-                 "_usage_seen")
+    __slots__ = ("_estimator", "_held_start", "_request", "_stream_from", "_usage_seen")
 
     def __init__(self, send: Send, request: ClientRequest, estimator: TokenEstimator) -> None:
-        self._send = send
+        super().__init__(send)
         self._request = request
         self._estimator = estimator
         self._held_start: Message | None = None
-        self._stream = False
         self._usage_seen = False
-        self._text: list[bytes] = []
+        self._stream_from = 0  # first chunk of the current response
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
-        if kind == "http.response.start":
-            headers = dict(message.get("headers", []))
-            self._stream = headers.get(b"content-type", b"").startswith(b"text/event-stream")
-            self._usage_seen = False
-            self._text = []
-            if not self._stream and message.get("status") == 200:
-                self._held_start = message  # the body may grow: content-length is not final
-                return
-        elif kind == "http.response.body":
+        if kind == "http.response.body":
             body = message.get("body", b"")
             if self._held_start is not None:
                 await self._whole(body, message)
                 return
-            if self._stream and body:
-                message = await self._stream_body(body, message)
-        await self._send(message)
+            if self.stream and body:
+                if any(marker in body for marker in _USAGE_MARKERS):
+                    self._usage_seen = True
+                elif body.endswith(_DONE) and self._request.include_usage:
+                    message = await self._with_usage_chunk(body, message)
+        elif kind == "http.response.start":
+            self._usage_seen = False
+            self._stream_from = len(self._chunks)
+            if message.get("status") == 200 and not dict(message.get("headers", [])).get(
+                    b"content-type", b"").startswith(b"text/event-stream"):
+                self.stream = False
+                self._held_start = message  # the body may grow: content-length is not final
+                return
+        await super().__call__(message)
 
-    async def _stream_body(self, body: bytes, message: Message) -> Message:
-        if any(marker in body for marker in _USAGE_MARKERS):
-            self._usage_seen = True
-        self._text.append(body)
-        if (self._usage_seen or not self._request.include_usage
-                or not body.endswith(_DONE)):
-            return message
-        output = b"".join(self._text)
+    async def _with_usage_chunk(self, body: bytes, message: Message) -> Message:
+        output = b"".join(self._chunks[self._stream_from:]) + body
         usage = await self._estimator.estimate(self._request, _stream_text(output))
         chunk = _encode({"id": _first_id(output), "object": "chat.completion.chunk",
                          "choices": [], "usage": usage_dict(usage, estimated=True)})
-        body = body[: -len(_DONE)] + b"data: " + chunk + b"\n\n" + _DONE
-        return {**message, "body": body}
+        return {**message, "body": body[: -len(_DONE)] + b"data: " + chunk + b"\n\n" + _DONE}
 
     async def _whole(self, body: bytes, message: Message) -> None:
         start, self._held_start = self._held_start, None
@@ -190,8 +185,8 @@ class UsageFiller:
                 start = {**start, "headers": [*headers,
                                               (b"content-length", str(len(body)).encode())]}
                 message = {**message, "body": body}
-        await self._send(start)
-        await self._send(message)
+        await super().__call__(start)
+        await super().__call__(message)
 
 
 class _Delta(msgspec.Struct):
