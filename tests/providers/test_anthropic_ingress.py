@@ -187,3 +187,11 @@ def test_the_providers_model_name_finds_its_pool_model(
     raw = sdk(url).messages.with_raw_response.create(
         model="backup-up", max_tokens=10, messages=[{"role": "user", "content": "Hi"}])
     assert raw.headers["x-routegate-model"] == "backup"
+
+
+def test_auto_is_classified_and_routed(upstream: tuple[Kind, FakeProvider, str]) -> None:
+    _, _, url = upstream
+    raw = sdk(url).messages.with_raw_response.create(
+        model="auto", max_tokens=10, messages=[{"role": "user", "content": "Hi, how are you?"}])
+    assert raw.headers["x-routegate-category"] == "chat"
+    assert raw.headers["x-routegate-model"] in ("primary", "backup")
