@@ -121,13 +121,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         held = [r for r in held if not r["source"].startswith("belle_zh")]
     results: dict[str, Any] = {"held_back_rows": len(held)}
 
-    lexical_only = SidecarClassifier("/nonexistent", budget_ms=args.budget_ms)
+    w = args.weights
+    lexical_only = SidecarClassifier("/nonexistent", budget_ms=args.budget_ms, weights=w)
     report = await evaluate(lexical_only, held, progress=True)
     results["lexical_only"] = {k: report[k] for k in ("accuracy", "macro_f1", "latency_ms")}
 
     with tempfile.TemporaryDirectory(prefix="routegate-bench-") as tmp:
         socket = str(Path(tmp) / "sidecar.sock")
-        supervisor = SidecarSupervisor(socket, threads=args.threads, model_path=args.model)
+        supervisor = SidecarSupervisor(socket, threads=args.threads, model_path=args.model,
+                                       weights=w)
         if not await supervisor.start():
             raise SystemExit("the sidecar did not start")
         try:
@@ -136,7 +138,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["model"] = pong.model
             results["prefill_tok_per_s"] = pong.prefill_tok_per_s
 
-            cascade = SidecarClassifier(socket, budget_ms=args.budget_ms)
+            cascade = SidecarClassifier(socket, budget_ms=args.budget_ms, weights=w)
             await cascade.start()
             await cascade.wait_ready()
             report = await evaluate(cascade, held, progress=True)
@@ -146,7 +148,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["methods"].get("model", 0) / len(held), 3)
             await cascade.close()
 
-            forced = SidecarClassifier(socket, budget_ms=args.budget_ms, accept_confidence=1.01)
+            forced = SidecarClassifier(socket, budget_ms=args.budget_ms, accept_confidence=1.01,
+                                       weights=w)
             await forced.start()
             await forced.wait_ready()
             report = await evaluate(forced, held, progress=True)
@@ -158,7 +161,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # on), shuffled, cycled; the cache is off so repeats are not free.
             texts = [r["prompt"] for r in held]
             random.Random(0).shuffle(texts)
-            loaded = SidecarClassifier(socket, budget_ms=args.budget_ms, cache_size=0)
+            loaded = SidecarClassifier(socket, budget_ms=args.budget_ms, cache_size=0, weights=w)
             await loaded.start()
             await loaded.wait_ready()
             results["load"] = await _load(loaded, texts, args.rate, args.seconds)
@@ -178,6 +181,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--english-only", action="store_true")
+    parser.add_argument("--weights", default="default", choices=("default", "ncfree"))
     parser.add_argument("--json", action="store_true", help="only the JSON line")
     parser.add_argument("--smollm2", action="store_true",
                         help="also measure SmolLM2-135M Q4_1 prefill for comparison")

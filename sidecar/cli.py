@@ -45,6 +45,8 @@ def register(subparsers: Any) -> None:
     classify.add_argument("--threads", type=int, default=1)
     classify.add_argument("--budget-ms", type=float, default=None)
     classify.add_argument("--lexical-only", action="store_true", help="no model stage")
+    classify.add_argument("--weights", default="default", choices=("default", "ncfree"),
+                          help="shipped weights: all dev sources, or without NC-licensed ones")
     classify.add_argument("--limit", type=int, default=0, help="evaluate the first N lines")
     classify.set_defaults(func=run_classify)
 
@@ -100,14 +102,15 @@ async def _classify_main(args: argparse.Namespace) -> int:
     if socket is None and not args.lexical_only:
         tmpdir = tempfile.TemporaryDirectory(prefix="routegate-")
         socket = str(Path(tmpdir.name) / "sidecar.sock")
-        supervisor = SidecarSupervisor(socket, model_path=args.model, threads=args.threads)
+        supervisor = SidecarSupervisor(socket, model_path=args.model, threads=args.threads,
+                                       weights=args.weights)
         if not await supervisor.start():
             print("warning: the sidecar did not start; lexical stage only", file=sys.stderr)
     elif socket is not None and await ping(socket) is None:
         print(f"warning: no sidecar answers at {socket}; lexical stage only", file=sys.stderr)
     classifier = SidecarClassifier(
         socket or "/nonexistent", budget_ms=budget, categories=categories,
-        default_category=default, routes=routes,
+        default_category=default, routes=routes, weights=args.weights,
     )
     try:
         if socket is not None and not args.lexical_only:

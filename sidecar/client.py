@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from routegate.sidecar.heuristic import HeuristicClassifier, complexity_of
-from routegate.sidecar.lexical import DEFAULT_LEXICAL_WEIGHTS, LexicalModel
+from routegate.sidecar.lexical import LexicalModel, weight_files
 from routegate.sidecar.protocol import (
     Classification,
     Classifier,
@@ -81,6 +81,7 @@ class SidecarClassifier:
         routes: Sequence[RouteSpec] | None = None,
         lexical: LexicalModel | None = None,
         use_lexical: bool = True,
+        weights: str = "default",
         accept_confidence: float | None = None,
         lexical_weight: float | None = None,
         cache_size: int = 4096,
@@ -97,8 +98,9 @@ class SidecarClassifier:
             self.categories, default_category, method="fallback")
         self.routes = tuple(routes) if routes is not None else route_specs(
             categories=self.categories)
-        if lexical is None and use_lexical and DEFAULT_LEXICAL_WEIGHTS.exists():
-            lexical = LexicalModel.load()
+        lexical_file = weight_files(weights)[0]
+        if lexical is None and use_lexical and lexical_file.exists():
+            lexical = LexicalModel.load(lexical_file)
         self.lexical = lexical if use_lexical else None
         self.accept_confidence = (
             accept_confidence if accept_confidence is not None

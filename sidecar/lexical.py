@@ -26,10 +26,12 @@ import numpy.typing as npt
 __all__ = [
     "DEFAULT_LEXICAL_WEIGHTS",
     "HASH_BITS",
+    "WEIGHT_VARIANTS",
     "LexicalModel",
     "featurize",
     "softmax",
     "text_window",
+    "weight_files",
 ]
 
 HASH_BITS = 18
@@ -41,6 +43,19 @@ _WORD = re.compile(r"\w+")
 _WINDOW_CHARS = 600
 
 DEFAULT_LEXICAL_WEIGHTS = Path(__file__).with_name("lexical.npz")
+# Two trained variants ship (see bench/classify_train.py): "default" is trained on every
+# development source, including non-commercial ones (Alpaca, CodeAlpaca, BELLE, DialogSum,
+# LogiQA, Commonsense-Dialogues, DailyDialog); "ncfree" drops those sources.
+WEIGHT_VARIANTS = ("default", "ncfree")
+
+
+def weight_files(variant: str = "default") -> tuple[Path, Path]:
+    """The (lexical, embedding head) weight files of a shipped variant."""
+    if variant not in WEIGHT_VARIANTS:
+        raise ValueError(f"unknown weights variant {variant!r}; one of {WEIGHT_VARIANTS}")
+    suffix = "" if variant == "default" else f"_{variant}"
+    here = Path(__file__).parent
+    return here / f"lexical{suffix}.npz", here / f"embed_head{suffix}.npz"
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]

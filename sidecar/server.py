@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from routegate.sidecar.embedder import Embedder
+from routegate.sidecar.lexical import WEIGHT_VARIANTS, weight_files
 from routegate.sidecar.protocol import (
     ClassifyRequest,
     ClassifyResult,
@@ -44,7 +45,7 @@ from routegate.sidecar.protocol import (
     read_frame,
 )
 from routegate.sidecar.routes import load_routes, route_specs
-from routegate.sidecar.semantic import DEFAULT_HEAD, EmbeddingHead, RouteIndex
+from routegate.sidecar.semantic import EmbeddingHead, RouteIndex
 
 __all__ = ["SidecarServer", "build_parser", "main"]
 
@@ -279,6 +280,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--max-tokens", type=int, default=128,
                         help="longest input embedded (head + tail of longer ones)")
     parser.add_argument("--head", default="", help="trained head .npz ('none' to disable)")
+    parser.add_argument("--weights", default="default", choices=WEIGHT_VARIANTS,
+                        help="shipped head variant when --head is not given")
     parser.add_argument("--routes", default="",
                         help="TOML file with [routes.NAME] tables (gateway.toml works)")
     parser.add_argument("--log-level", default="info")
@@ -291,7 +294,7 @@ async def _serve(args: argparse.Namespace) -> int:
     model = Path(args.model) if args.model else ensure_default_model()
     head: EmbeddingHead | None = None
     if args.head != "none":
-        head_path = Path(args.head) if args.head else DEFAULT_HEAD
+        head_path = Path(args.head) if args.head else weight_files(args.weights)[1]
         if head_path.exists():
             head = EmbeddingHead.load(head_path)
     routes = route_specs(load_routes(args.routes)) if args.routes else route_specs()

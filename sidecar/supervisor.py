@@ -64,6 +64,7 @@ class SidecarSupervisor:
         gpu_layers: int = 0,
         max_tokens: int = 128,
         routes_file: str = "",
+        weights: str = "default",
         extra_args: Sequence[str] = (),
         startup_timeout_s: float = 120.0,
         backoff_initial_s: float = 0.25,
@@ -77,7 +78,8 @@ class SidecarSupervisor:
         self.backoff_max_s = backoff_max_s
         args = [python, "-m", "routegate.sidecar.server", "--socket", str(self.socket_path),
                 "--threads", str(threads), "--context", str(context),
-                "--gpu-layers", str(gpu_layers), "--max-tokens", str(max_tokens)]
+                "--gpu-layers", str(gpu_layers), "--max-tokens", str(max_tokens),
+                "--weights", weights]
         if model_path:
             args += ["--model", model_path]
         if routes_file:
