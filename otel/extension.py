@@ -13,6 +13,8 @@ from routegate.otel.observer import TelemetryObserver
 from routegate.otel.setup import Environ, Telemetry, setup_telemetry
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
+
     from routegate.middleware.gateway import Gateway
 
 __all__ = ["TelemetryExtension"]
@@ -24,16 +26,19 @@ class TelemetryExtension:
     ``start`` resolves the providers (see :mod:`routegate.otel.setup`); when telemetry is off
     it registers nothing, so the request path pays nothing. ``tracer_provider`` /
     ``meter_provider`` inject providers (tests with in-memory exporters, hosts that manage
-    their own); routegate never shuts those down, it only flushes them.
+    their own); routegate never shuts those down, it only flushes them. ``span_processor``
+    (tests) receives the spans through the light tracer routegate uses for its own providers.
     """
 
     def __init__(self, config: TelemetryConfig, *,
                  tracer_provider: trace.TracerProvider | None = None,
                  meter_provider: metrics.MeterProvider | None = None,
+                 span_processor: SpanProcessor | None = None,
                  environ: Environ = os.environ.get) -> None:
         self._config = config
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
+        self._span_processor = span_processor
         self._environ = environ
         self.telemetry: Telemetry | None = None
         self.observer: TelemetryObserver | None = None
@@ -42,7 +47,8 @@ class TelemetryExtension:
         # Building gRPC channels and reading certificates is blocking work: keep it off the loop.
         self.telemetry = await asyncio.to_thread(
             setup_telemetry, self._config, tracer_provider=self._tracer_provider,
-            meter_provider=self._meter_provider, environ=self._environ)
+            meter_provider=self._meter_provider, span_processor=self._span_processor,
+            environ=self._environ)
         if self.telemetry is None:
             return
         self.observer = TelemetryObserver(self.telemetry.tracer(), self.telemetry.meter(),

@@ -38,6 +38,7 @@ from routegate.middleware.config import TelemetryConfig
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["OtlpProtocol", "Telemetry", "resolve_protocol", "setup_telemetry"]
@@ -56,9 +57,12 @@ class Telemetry:
     tracer_provider: trace.TracerProvider
     meter_provider: metrics.MeterProvider
     owned: list[object] = field(default_factory=list)  # SDK providers routegate created
+    light_tracer: trace.Tracer | None = None  # for providers routegate built (light.py)
 
     def tracer(self) -> trace.Tracer:
         from routegate.otel import __version__
+        if self.light_tracer is not None:
+            return self.light_tracer
         return self.tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__)
 
     def meter(self) -> metrics.Meter:
@@ -167,29 +171,51 @@ def _resource(config: TelemetryConfig, environ: Environ) -> Resource:
     return Resource.create({SERVICE_NAME: name, "service.version": __version__})
 
 
+def _light(config: TelemetryConfig, environ: Environ, processor: SpanProcessor,
+           resource: Resource) -> tuple[trace.TracerProvider, trace.Tracer]:
+    """An SDK provider carrying the processor (sampler: OTEL_TRACES_SAMPLER), and the light
+    tracer that feeds that processor directly."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from routegate.otel import __version__
+    from routegate.otel.light import LightTracer
+
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(processor)
+    scope = InstrumentationScope(INSTRUMENTATION_NAME, __version__)
+    return provider, LightTracer(provider, processor, scope)
+
+
 def setup_telemetry(config: TelemetryConfig, *,
                     tracer_provider: trace.TracerProvider | None = None,
                     meter_provider: metrics.MeterProvider | None = None,
+                    span_processor: SpanProcessor | None = None,
                     environ: Environ = os.environ.get) -> Telemetry | None:
-    """Providers for the gateway's observer, or None when telemetry is off (see module doc)."""
+    """Providers for the gateway's observer, or None when telemetry is off (see module doc).
+
+    ``span_processor`` (tests): spans go to it through routegate's light tracer, the path
+    used in production for the providers routegate builds itself.
+    """
     if not config.enabled or _env_true(environ("OTEL_SDK_DISABLED")):
         return None
     owned: list[object] = []
+    light_tracer: trace.Tracer | None = None
+    resource: Resource | None = None
+    if span_processor is not None and tracer_provider is None:
+        resource = _resource(config, environ)
+        tracer_provider, light_tracer = _light(config, environ, span_processor, resource)
     tracer_provider = tracer_provider or _host_tracer_provider()
     meter_provider = meter_provider or _host_meter_provider()
-    resource: Resource | None = None
     if tracer_provider is None:
         endpoint = _endpoint(config, environ, "TRACES")
         if endpoint and (environ("OTEL_TRACES_EXPORTER") or "otlp").strip() != "none":
-            from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
             resource = _resource(config, environ)
-            sdk_tracer = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER
-            sdk_tracer.add_span_processor(
-                BatchSpanProcessor(_span_exporter(config, environ, endpoint)))
-            tracer_provider = sdk_tracer
-            owned.append(sdk_tracer)
+            batch = BatchSpanProcessor(_span_exporter(config, environ, endpoint))
+            tracer_provider, light_tracer = _light(config, environ, batch, resource)
+            owned.append(tracer_provider)
     if meter_provider is None:
         endpoint = _endpoint(config, environ, "METRICS")
         if endpoint and (environ("OTEL_METRICS_EXPORTER") or "otlp").strip() != "none":
@@ -207,4 +233,4 @@ def setup_telemetry(config: TelemetryConfig, *,
              "off" if tracer_provider is None else type(tracer_provider).__name__,
              "off" if meter_provider is None else type(meter_provider).__name__)
     return Telemetry(tracer_provider or trace.NoOpTracerProvider(),
-                     meter_provider or metrics.NoOpMeterProvider(), owned)
+                     meter_provider or metrics.NoOpMeterProvider(), owned, light_tracer)

@@ -68,15 +68,24 @@ class Traced:
         return points
 
 
+PATHS = ["sdk", "light"]  # through the SDK's Tracer, or routegate's light tracer
+
+
 @contextmanager
-def traced_gateway(config: GatewayConfig) -> Iterator[Traced]:
+def traced_gateway(config: GatewayConfig, path: str = "sdk") -> Iterator[Traced]:
+    """``path="sdk"``: an injected SDK TracerProvider (what a host's provider gets);
+    ``"light"``: the light tracer routegate uses for the providers it builds itself."""
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
-    extension = TelemetryExtension(config.telemetry, tracer_provider=tracer_provider,
-                                   meter_provider=meter_provider)
+    if path == "light":
+        extension = TelemetryExtension(config.telemetry, meter_provider=meter_provider,
+                                       span_processor=SimpleSpanProcessor(exporter))
+    else:
+        extension = TelemetryExtension(config.telemetry, tracer_provider=tracer_provider,
+                                       meter_provider=meter_provider)
     app = RouterMiddleware(host_app, gateway=Gateway(config, extensions=[extension]))
     try:
         with serve_in_thread(app, lifespan="on") as url:

@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from bench.fakes import FakeProvider, Fault, serve_in_thread
 from routegate.otel import attributes as a
 from tests.conftest import pool_config, running_gateway
-from tests.otel.otel_harness import Traced, attrs, by_kind, point_attrs, traced_gateway
+from tests.otel.otel_harness import PATHS, Traced, attrs, by_kind, point_attrs, traced_gateway
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -26,19 +26,27 @@ MESSAGES = [{"role": "user", "content": PROMPT}]
 SECRET = os.environ["ROUTEGATE_TEST_PROVIDER_KEY"]
 
 
+@pytest.fixture(params=PATHS)
+def path(request: pytest.FixtureRequest) -> str:
+    """Every test runs through the SDK's tracer and through routegate's light tracer."""
+    value: str = request.param
+    return value
+
+
 @pytest.fixture
-def one_provider() -> Iterator[tuple[FakeProvider, Traced]]:
+def one_provider(path: str) -> Iterator[tuple[FakeProvider, Traced]]:
     fake = FakeProvider(kind="openai", chunks=5)
-    with serve_in_thread(fake) as fake_url, traced_gateway(pool_config({"f": fake_url})) as tg:
+    with serve_in_thread(fake) as fake_url, \
+            traced_gateway(pool_config({"f": fake_url}), path) as tg:
         yield fake, tg
 
 
 @pytest.fixture
-def two_providers() -> Iterator[tuple[FakeProvider, FakeProvider, Traced]]:
+def two_providers(path: str) -> Iterator[tuple[FakeProvider, FakeProvider, Traced]]:
     """cheap on provider a; mid and big on provider b."""
     first, second = FakeProvider(kind="openai"), FakeProvider(kind="openai", reply_text="From B.")
     with serve_in_thread(first) as url_a, serve_in_thread(second) as url_b, \
-            traced_gateway(pool_config({"a": url_a, "b": url_b})) as tg:
+            traced_gateway(pool_config({"a": url_a, "b": url_b}), path) as tg:
         yield first, second, tg
 
 
@@ -132,10 +140,11 @@ def test_non_streaming_request_joins_the_callers_trace(
 
 
 @pytest.fixture
-def slow_stream() -> Iterator[tuple[FakeProvider, Traced]]:
+def slow_stream(path: str) -> Iterator[tuple[FakeProvider, Traced]]:
     """Five chunks 50 ms apart: the stream outlives its first byte by 200 ms."""
     fake = FakeProvider(kind="openai", chunks=5, chunk_delay_s=0.05)
-    with serve_in_thread(fake) as fake_url, traced_gateway(pool_config({"f": fake_url})) as tg:
+    with serve_in_thread(fake) as fake_url, \
+            traced_gateway(pool_config({"f": fake_url}), path) as tg:
         yield fake, tg
 
 
@@ -324,10 +333,10 @@ def test_without_a_traceparent_a_new_trace_is_started_and_returned(
 
 
 def test_content_is_captured_only_when_opted_in_and_keys_never(
-        fake_openai: tuple[FakeProvider, str]) -> None:
+        fake_openai: tuple[FakeProvider, str], path: str) -> None:
     fake, fake_url = fake_openai
     config = pool_config({"f": fake_url}, extra={"telemetry": {"capture_content": True}})
-    with traced_gateway(config) as tg:
+    with traced_gateway(config, path) as tg:
         post(tg, {"model": "cheap", "messages": MESSAGES}, authorization="Bearer sk-client-x",
              traceparent=TRACEPARENT, baggage="user.email=someone@example.com")
         spans = tg.wait_requests(1)
