@@ -34,9 +34,9 @@ class RouterMiddleware:
         self._start_lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._started:
+            await self.startup()  # host without lifespan: extensions add endpoints at start
         if scope["type"] == "http" and self.gateway.handles(scope["path"]):
-            if not self._started:
-                await self.startup()
             await self.gateway(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self.app(scope, self._lifespan_receive(receive), send)
