@@ -51,7 +51,7 @@ class TelemetryExtension:
             environ=self._environ)
         if self.telemetry is None:
             return
-        self.observer = TelemetryObserver(self.telemetry.tracer(), self.telemetry.meter(),
+        self.observer = TelemetryObserver(self.telemetry.tracer(), self.telemetry.sink(),
                                           capture_content=self._config.capture_content)
         gateway.observers.add(self.observer)
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import httpx
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -30,10 +29,19 @@ from opentelemetry.util.types import AttributeValue
 
 from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
 from routegate.otel import attributes as a
+from routegate.otel.sinks import MetricSink
 
 __all__ = ["TelemetryObserver"]
 
 _STATE_KEY = "routegate.otel"
+# Metric label names, fixed per series family (values are passed as tuples).
+_CALL_LABELS = (a.GEN_AI_OPERATION_NAME, a.GEN_AI_PROVIDER_NAME, a.GEN_AI_REQUEST_MODEL,
+                a.RG_MODEL)
+_CALL_ERROR_LABELS = (*_CALL_LABELS, a.ERROR_TYPE)
+_COST_LABELS = (a.RG_MODEL, a.GEN_AI_PROVIDER_NAME)
+_REQUEST_LABELS = (a.RG_MODEL, a.RG_CATEGORY, a.RG_OUTCOME, a.RG_FALLBACK)
+_TTFT_LABELS = (a.RG_MODEL, a.GEN_AI_REQUEST_STREAM)
+_CLASSIFIER_LABELS = (a.RG_CLASSIFIER_METHOD,)
 _propagator = TraceContextTextMapPropagator()
 
 
@@ -51,31 +59,13 @@ class _RequestSpans:
 class TelemetryObserver:
     """An :class:`~routegate.middleware.observe.Observer` that emits GenAI spans and metrics."""
 
-    def __init__(self, tracer: trace.Tracer, meter: metrics.Meter, *,
+    def __init__(self, tracer: trace.Tracer, sink: MetricSink, *,
                  capture_content: bool = False) -> None:
         self._tracer = tracer
+        self._sink = sink
         self._capture_content = capture_content
         # perf_counter seconds -> epoch ns; one offset so spans of a trace share a clock.
         self._offset_ns = time.time_ns() - time.perf_counter_ns()
-        spec = a.METRICS
-        self._token_usage = self._histogram(meter, spec[a.METRIC_TOKEN_USAGE])
-        self._operation_duration = self._histogram(meter, spec[a.METRIC_OPERATION_DURATION])
-        self._time_to_first_chunk = self._histogram(meter, spec[a.METRIC_TIME_TO_FIRST_CHUNK])
-        self._request_duration = self._histogram(meter, spec[a.METRIC_REQUEST_DURATION])
-        self._request_ttft = self._histogram(meter, spec[a.METRIC_REQUEST_TTFT])
-        self._classifier_duration = self._histogram(meter, spec[a.METRIC_CLASSIFIER_DURATION])
-        # Counters are summed here and read by the SDK at export time: a dict update per
-        # request instead of an SDK measurement (attribute validation and hashing each).
-        self._requests = _Sums((a.RG_MODEL, a.RG_CATEGORY, a.RG_OUTCOME, a.RG_FALLBACK))
-        self._cost = _Sums((a.RG_MODEL, a.GEN_AI_PROVIDER_NAME))
-        for sums, name in ((self._requests, a.METRIC_REQUESTS), (self._cost, a.METRIC_COST)):
-            meter.create_observable_counter(name, [sums.observe], spec[name].unit,
-                                            spec[name].description)
-
-    @staticmethod
-    def _histogram(meter: metrics.Meter, spec: a.MetricSpec) -> metrics.Histogram:
-        return meter.create_histogram(spec.name, spec.unit, spec.description,
-                                      explicit_bucket_boundaries_advisory=spec.buckets)
 
     def _ns(self, perf_s: float) -> int:
         return int(perf_s * 1e9) + self._offset_ns
@@ -113,7 +103,8 @@ class TelemetryObserver:
         ended = ctx.classify_ended_at
         if started is None or ended is None:
             return
-        self._classifier_duration.record(ended - started, {a.RG_CLASSIFIER_METHOD: found.method})
+        self._sink.record(a.METRIC_CLASSIFIER_DURATION, ended - started, _CLASSIFIER_LABELS,
+                          (found.method,))
         if spans.recording:
             # The classification details live on their own span; the server span gets the
             # category (every attribute is paid for again when the batch is encoded).
@@ -167,12 +158,9 @@ class TelemetryObserver:
             return
         span = spans.attempts.pop(attempt.index, None)
         provider = _provider_name(attempt.provider_type)
-        metric_attrs: dict[str, AttributeValue] = {
-            a.GEN_AI_OPERATION_NAME: a.OPERATION_CHAT,
-            a.GEN_AI_PROVIDER_NAME: provider,
-            a.GEN_AI_REQUEST_MODEL: attempt.upstream_model,
-            a.RG_MODEL: attempt.model,
-        }
+        names: tuple[str, ...] = _CALL_LABELS
+        values: tuple[AttributeValue, ...] = (a.OPERATION_CHAT, provider, attempt.upstream_model,
+                                              attempt.model)
         attrs: dict[str, AttributeValue] = {}
         if attempt.response_model:
             attrs[a.GEN_AI_RESPONSE_MODEL] = attempt.response_model
@@ -188,7 +176,7 @@ class TelemetryObserver:
         error_type = _error_type(attempt)
         if error_type is not None:
             attrs[a.ERROR_TYPE] = error_type
-            metric_attrs[a.ERROR_TYPE] = error_type
+            names, values = _CALL_ERROR_LABELS, (*values, error_type)
             if span is not None:
                 detail = (attempt.failure.detail if attempt.failure is not None
                           else attempt.error_after_first_byte or error_type)
@@ -201,17 +189,19 @@ class TelemetryObserver:
             span.set_attributes(attrs)
             span.end(end_time=self._ns(attempt.ended_at or time.perf_counter()))
 
-        self._operation_duration.record(
-            max(0.0, (attempt.ended_at or time.perf_counter()) - attempt.started_at), metric_attrs)
+        sink = self._sink
+        sink.record(a.METRIC_OPERATION_DURATION,
+                    max(0.0, (attempt.ended_at or time.perf_counter()) - attempt.started_at),
+                    names, values)
         if usage is not None:
-            self._token_usage.record(usage.prompt_tokens,
-                                     {**metric_attrs, a.GEN_AI_TOKEN_TYPE: "input"})
-            self._token_usage.record(usage.completion_tokens,
-                                     {**metric_attrs, a.GEN_AI_TOKEN_TYPE: "output"})
+            token_names = (*names, a.GEN_AI_TOKEN_TYPE)
+            sink.record(a.METRIC_TOKEN_USAGE, usage.prompt_tokens, token_names, (*values, "input"))
+            sink.record(a.METRIC_TOKEN_USAGE, usage.completion_tokens, token_names,
+                        (*values, "output"))
         if ttft is not None and ctx.stream:
-            self._time_to_first_chunk.record(ttft, metric_attrs)
+            sink.record(a.METRIC_TIME_TO_FIRST_CHUNK, ttft, names, values)
         if attempt.cost_usd:
-            self._cost.add((attempt.model, provider), attempt.cost_usd)
+            sink.add(a.METRIC_COST, attempt.cost_usd, _COST_LABELS, (attempt.model, provider))
 
     def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
         spans: _RequestSpans | None = ctx.state.pop(_STATE_KEY, None)
@@ -260,32 +250,10 @@ class TelemetryObserver:
             return  # not a generation (e.g. /v1/models): no GenAI metrics
         model = final.model if final is not None else "none"
         key = (model, ctx.category or "none", outcome.result, fallback)
-        self._requests.add(key, 1)
-        self._request_duration.record(now - ctx.started_at, dict(zip(self._requests.names, key,
-                                                                     strict=True)))
+        self._sink.add(a.METRIC_REQUESTS, 1, _REQUEST_LABELS, key)
+        self._sink.record(a.METRIC_REQUEST_DURATION, now - ctx.started_at, _REQUEST_LABELS, key)
         if ttft is not None:
-            self._request_ttft.record(ttft, {a.RG_MODEL: model, a.GEN_AI_REQUEST_STREAM: ctx.stream})
-
-
-class _Sums:
-    """Monotonic sums by label tuple, observed by an ObservableCounter at export time.
-
-    Written on the event loop, read from the exporter's thread: ``list(dict.items())`` is one
-    C-level step under the GIL, so the reader sees a consistent snapshot.
-    """
-
-    __slots__ = ("names", "values")
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self.names = names
-        self.values: dict[tuple[AttributeValue, ...], float] = {}
-
-    def add(self, key: tuple[AttributeValue, ...], amount: float) -> None:
-        self.values[key] = self.values.get(key, 0) + amount
-
-    def observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-        return [metrics.Observation(value, dict(zip(self.names, key, strict=True)))
-                for key, value in list(self.values.items())]
+            self._sink.record(a.METRIC_REQUEST_TTFT, ttft, _TTFT_LABELS, (model, ctx.stream))
 
 
 def _inject(request: httpx.Request, context: trace.SpanContext) -> None:

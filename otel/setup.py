@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.sdk.trace.export import SpanExporter
 
+    from routegate.otel.sinks import FastSink, MetricSink
+
 __all__ = ["OtlpProtocol", "Telemetry", "resolve_protocol", "setup_telemetry"]
 
 log = logging.getLogger("routegate.otel")
@@ -58,6 +60,7 @@ class Telemetry:
     meter_provider: metrics.MeterProvider
     owned: list[object] = field(default_factory=list)  # SDK providers routegate created
     light_tracer: trace.Tracer | None = None  # for providers routegate built (light.py)
+    fast_sink: FastSink | None = None  # for the metrics pipeline routegate built (sinks.py)
 
     def tracer(self) -> trace.Tracer:
         from routegate.otel import __version__
@@ -69,6 +72,11 @@ class Telemetry:
         from routegate.otel import __version__
         return self.meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
 
+    def sink(self) -> MetricSink:
+        from routegate.otel.sinks import SdkSink
+
+        return self.fast_sink if self.fast_sink is not None else SdkSink(self.meter())
+
     def force_flush(self) -> None:
         for provider in (self.tracer_provider, self.meter_provider):
             flush = getattr(provider, "force_flush", None)
@@ -78,7 +86,7 @@ class Telemetry:
     def shutdown(self) -> None:
         """Flush and stop the providers routegate created (never the host's)."""
         for provider in self.owned:
-            provider.shutdown()  # type: ignore[attr-defined]  # SDK providers flush on shutdown
+            provider.shutdown()  # type: ignore[attr-defined]  # SDK providers, MetricsPusher
         self.owned.clear()
 
 
@@ -216,21 +224,37 @@ def setup_telemetry(config: TelemetryConfig, *,
             batch = BatchSpanProcessor(_span_exporter(config, environ, endpoint))
             tracer_provider, light_tracer = _light(config, environ, batch, resource)
             owned.append(tracer_provider)
+    fast_sink: FastSink | None = None
     if meter_provider is None:
         endpoint = _endpoint(config, environ, "METRICS")
         if endpoint and (environ("OTEL_METRICS_EXPORTER") or "otlp").strip() != "none":
-            from opentelemetry.sdk.metrics import MeterProvider
-            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+            from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-            reader = PeriodicExportingMetricReader(_metric_exporter(config, environ, endpoint))
-            sdk_meter = MeterProvider(metric_readers=[reader],
-                                      resource=resource or _resource(config, environ))
-            meter_provider = sdk_meter
-            owned.append(sdk_meter)
-    if tracer_provider is None and meter_provider is None:
+            from routegate.otel import __version__
+            from routegate.otel.sinks import FastSink, MetricsPusher
+
+            fast_sink = FastSink()
+            owned.append(MetricsPusher(
+                fast_sink, _metric_exporter(config, environ, endpoint),
+                resource or _resource(config, environ),
+                InstrumentationScope(INSTRUMENTATION_NAME, __version__),
+                interval_s=_millis(environ, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000,
+                timeout_s=_millis(environ, "OTEL_METRIC_EXPORT_TIMEOUT", 30000) / 1000))
+    if tracer_provider is None and meter_provider is None and fast_sink is None:
         return None
     log.info("telemetry on: traces %s, metrics %s",
              "off" if tracer_provider is None else type(tracer_provider).__name__,
+             "OTLP" if fast_sink is not None else
              "off" if meter_provider is None else type(meter_provider).__name__)
     return Telemetry(tracer_provider or trace.NoOpTracerProvider(),
-                     meter_provider or metrics.NoOpMeterProvider(), owned, light_tracer)
+                     meter_provider or metrics.NoOpMeterProvider(), owned, light_tracer,
+                     fast_sink)
+
+
+def _millis(environ: Environ, name: str, default: int) -> int:
+    value = (environ(name) or "").strip()
+    try:
+        return max(1, int(value)) if value else default
+    except ValueError:
+        log.warning("%s=%r is not a number of milliseconds; using %d", name, value, default)
+        return default
