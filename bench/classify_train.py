@@ -214,6 +214,7 @@ def main() -> int:
     parser.add_argument("--knn-weight", type=float, default=1.0)
     parser.add_argument("--lexical-weight", type=float, default=3.0)
     parser.add_argument("--accept", type=float, default=0.9)
+    parser.add_argument("--l2", type=float, default=1e-5, help="lexical model L2 penalty")
     parser.add_argument("--drop-nc", action="store_true",
                         help="train shipped weights without non-commercial sources")
     args = parser.parse_args()
@@ -241,7 +242,8 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     for split_name, pairs in splits.items():
         test_all = np.concatenate([te for _, te in pairs])
-        cache = Path(f"/tmp/routegate_cv_{split_name.split()[0]}_{len(rows)}.npz")
+        tag = "" if args.l2 == 1e-5 else f"_l2{args.l2:g}"
+        cache = Path(f"/tmp/routegate_cv_{split_name.split()[0]}_{len(rows)}{tag}.npz")
         if cache.exists():
             with np.load(cache) as saved:
                 lex_p, head_p = saved["lex"], saved["head"]
@@ -249,7 +251,7 @@ def main() -> int:
             lex_p = np.zeros((len(rows), n), dtype=np.float32)
             head_p = np.zeros((len(rows), n), dtype=np.float32)
             for train, test in pairs:
-                w, b = train_sparse(sparse.subset(train), y[train], n)
+                w, b = train_sparse(sparse.subset(train), y[train], n, l2=args.l2)
                 lex_p[test] = softmax(sparse.subset(test).logits(
                     w.astype(np.float64), b.astype(np.float64)).astype(np.float32))
                 hw, hb = train_dense(emb[train], y[train], n)
@@ -302,7 +304,7 @@ def main() -> int:
     if args.write:
         keep = np.array([i for i, r in enumerate(rows) if not held[i]
                          and not (args.drop_nc and r["source"] in NC_SOURCES)], dtype=np.int64)
-        w, b = train_sparse(sparse.subset(keep), y[keep], n)
+        w, b = train_sparse(sparse.subset(keep), y[keep], n, l2=args.l2)
         w[np.abs(w) < 1e-3] = 0.0
         sidecar = args.out_dir
         sidecar.mkdir(parents=True, exist_ok=True)
