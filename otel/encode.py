@@ -89,6 +89,7 @@ class SpanEncoder:
 
     def __init__(self) -> None:
         self._kv: dict[tuple[str, type, Any], bytes] = {}
+        self._keys: dict[str, bytes] = {}
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[int, tuple[InstrumentationScope | None, bytes]] = {}
 
@@ -101,10 +102,16 @@ class SpanEncoder:
             if cached is None:
                 if len(self._kv) >= _CACHE_LIMIT:
                     self._kv.clear()
-                cached = self._kv[cache_key] = (
-                    _field(b"\x0a", key.encode()) + _field(b"\x12", _any_value(value)))
+                cached = self._kv[cache_key] = self._key(key) + _field(b"\x12", _any_value(value))
             return cached
-        return _field(b"\x0a", key.encode()) + _field(b"\x12", _any_value(value))
+        return self._key(key) + _field(b"\x12", _any_value(value))
+
+    def _key(self, key: str) -> bytes:
+        """The encoded key field (keys are few: cached without limit)."""
+        encoded = self._keys.get(key)
+        if encoded is None:
+            encoded = self._keys[key] = _field(b"\x0a", key.encode())
+        return encoded
 
     def _attributes(self, tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         if not attributes:

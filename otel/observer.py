@@ -66,6 +66,7 @@ class TelemetryObserver:
         self._capture_content = capture_content
         # perf_counter seconds -> epoch ns; one offset so spans of a trace share a clock.
         self._offset_ns = time.time_ns() - time.perf_counter_ns()
+        self._servers: dict[str, dict[str, AttributeValue]] = {}  # provider -> server.*
 
     def _ns(self, perf_s: float) -> int:
         return int(perf_s * 1e9) + self._offset_ns
@@ -126,10 +127,14 @@ class TelemetryObserver:
             a.GEN_AI_PROVIDER_NAME: _provider_name(attempt.provider_type),
             a.GEN_AI_REQUEST_MODEL: attempt.upstream_model,
             a.RG_MODEL: attempt.model,
-            a.SERVER_ADDRESS: request.url.host,
         }
-        if request.url.port is not None:
-            attrs[a.SERVER_PORT] = request.url.port
+        server = self._servers.get(attempt.provider)
+        if server is None:  # a provider's base URL is fixed: parse it once
+            url = request.url
+            server = self._servers[attempt.provider] = (
+                {a.SERVER_ADDRESS: url.host} if url.port is None
+                else {a.SERVER_ADDRESS: url.host, a.SERVER_PORT: url.port})
+        attrs.update(server)
         if attempt.index > 0:
             previous = ctx.attempts[attempt.index - 1]
             attrs[a.RG_ATTEMPT_INDEX] = attempt.index  # absent: the first attempt
