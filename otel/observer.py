@@ -9,9 +9,17 @@ One request becomes one trace fragment::
 
 The relay records times with ``time.perf_counter()``; they become epoch nanoseconds through
 one offset taken when the observer is built, so every span of a trace is on the same clock.
-Privacy: request and answer text go on spans only with ``capture_content``; headers are
-never copied (the upstream request carries the provider key, so only ``traceparent`` is
-written to it and nothing is read from it).
+Where attributes go: the server span names the request (requested model, chosen pool
+model, category, attempts, cost, time to first token, outcome); each CLIENT span carries the
+GenAI call itself (provider, upstream model, response model, tokens, finish reasons, cost,
+error.type); the classify span the classifier's method, confidence and latency.
+
+Metrics go to a :class:`~routegate.otel.sinks.MetricSink` with fixed label names per family
+(the ``_*_LABELS`` tuples below; the Grafana dashboard is tested against them).
+
+Privacy: request text goes on spans only with ``capture_content`` (completion text is not
+available to observers); headers are never copied (the upstream request carries the provider
+key, so only ``traceparent`` is written to it and nothing is read from it).
 """
 
 from __future__ import annotations
