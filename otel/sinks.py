@@ -3,8 +3,9 @@
 :class:`SdkSink` records through a MeterProvider's instruments; it serves a host's provider
 (and injected ones). For the pipeline routegate builds itself, :class:`FastSink` aggregates
 in place (a lock, a dict lookup and a bisect per measurement instead of the SDK's attribute
-validation, hashing and view matching: ~45% of the observer's CPU before) and :class:`MetricsPusher` exports cumulative snapshots through the exporter package's
-OTLP metric exporter on the standard interval (``OTEL_METRIC_EXPORT_INTERVAL``, 60 s).
+validation, hashing and view matching: ~45% of the observer's CPU before), and
+:class:`MetricsPusher` exports cumulative snapshots through the exporter package's OTLP
+metric exporter on the standard interval (``OTEL_METRIC_EXPORT_INTERVAL``, 60 s).
 Both produce the same metric names, units, label sets and bucket boundaries (tested).
 """
 
