@@ -116,6 +116,9 @@ RG_CLIENT_DISCONNECTED: Final = "routegate.client_disconnected"
 RG_FALLBACK_EVENT: Final = "routegate.fallback"  # span event on the server span
 RG_FALLBACK_FROM: Final = "routegate.fallback.from"
 RG_FALLBACK_REASON: Final = "routegate.fallback.reason"
+RG_USAGE_ESTIMATED: Final = "routegate.usage.estimated"  # tokens counted locally, not reported
+RG_CONTINUATION_OF: Final = "routegate.recovery.continuation_of"  # attempt index it continues
+RG_RECOVERIES: Final = "routegate.recoveries"  # mid-stream recoveries of a request
 
 CLASSIFY_SPAN: Final = "routegate.classify"
 

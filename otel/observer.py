@@ -198,6 +198,10 @@ class TelemetryObserver:
         if usage is not None:
             attrs[a.GEN_AI_USAGE_INPUT_TOKENS] = usage.prompt_tokens
             attrs[a.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.completion_tokens
+            if attempt.usage_estimated:
+                attrs[a.RG_USAGE_ESTIMATED] = True
+        if attempt.continuation_of is not None:
+            attrs[a.RG_CONTINUATION_OF] = attempt.continuation_of
         if span is not None:
             span.set_attributes(attrs)
             span.end(end_time=self._ns(attempt.ended_at or time.perf_counter()))
@@ -253,6 +257,8 @@ class TelemetryObserver:
             attrs[a.RG_TTFT_S] = ttft
         if outcome.error_type:
             attrs[a.ERROR_TYPE] = outcome.error_type
+        if ctx.recoveries:
+            attrs[a.RG_RECOVERIES] = ctx.recoveries
         if spans.recording:
             if outcome.result == "error":
                 server.set_status(Status(StatusCode.ERROR, outcome.error_type or "error"))

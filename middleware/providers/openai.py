@@ -73,7 +73,10 @@ class OpenAIAdapter:
             raise MalformedUpstream(f"invalid completion body: {exc}") from exc
         if not completion.choices:
             raise MalformedUpstream("completion without choices")
-        return Answer(body=body, usage=completion.usage, response_model=completion.model)
+        reasons = tuple(reason for reason in (_choice.decode(raw).finish_reason
+                                              for raw in completion.choices) if reason)
+        return Answer(body=body, usage=completion.usage, response_model=completion.model,
+                      finish_reasons=reasons)
 
     def stream_translator(self, request: ClientRequest) -> OpenAIStreamTranslator:
         return OpenAIStreamTranslator(request.include_usage)

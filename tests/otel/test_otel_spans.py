@@ -362,3 +362,22 @@ def test_telemetry_is_off_without_an_endpoint(monkeypatch: pytest.MonkeyPatch,
                               json={"model": "cheap", "messages": MESSAGES}, timeout=15.0)
     assert response.status_code == 200
     assert "x-trace-id" not in response.headers and "traceresponse" not in response.headers
+
+
+def test_mid_stream_recovery_is_on_the_trace(path: str) -> None:
+    """A stream cut after two chunks is finished by the next model; the trace shows the broken
+    attempt, the continuation attempt and the recovery count on the server span."""
+    first, second = FakeProvider(kind="openai"), FakeProvider(kind="openai", reply_text="From B.")
+    first.set_default(Fault.reset_mid_stream(2))
+    with serve_in_thread(first) as url_a, serve_in_thread(second) as url_b:
+        config = pool_config({"a": url_a, "b": url_b},
+                             extra={"recovery": {"mode": "continue", "max_splices": 1}})
+        with traced_gateway(config, path) as tg:
+            response = post(tg, {"model": "cheap", "stream": True, "messages": MESSAGES})
+            spans = tg.wait_requests(1)
+    assert response.status_code == 200 and "[DONE]" in response.text
+    [server] = by_kind(spans, SpanKind.SERVER)
+    broken, continued = by_kind(spans, SpanKind.CLIENT)
+    assert attrs(server)[a.RG_RECOVERIES] == 1
+    assert a.ERROR_TYPE in attrs(broken)
+    assert attrs(continued)[a.RG_CONTINUATION_OF] == 0
