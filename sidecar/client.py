@@ -295,7 +295,7 @@ class SidecarClassifier:
                 continue
             delay = 0.05
             self._writer, self._connected = writer, True
-            reading = asyncio.create_task(self._read(reader))
+            reading = asyncio.create_task(self._read(reader, writer))
             pinging = asyncio.create_task(self._ping_loop())
             try:
                 await self._configure(timeout_s=120.0)
@@ -320,7 +320,7 @@ class SidecarClassifier:
         else:
             log.warning("sidecar refused the routes: %s", reply)
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 reply = decode_reply(await read_frame(reader))
@@ -331,6 +331,11 @@ class SidecarClassifier:
                     future.set_result(reply)
         except (asyncio.IncompleteReadError, ConnectionError, OSError, FrameError) as exc:
             log.info("sidecar closed the connection: %s", exc)
+        finally:
+            # Fail every waiter now (a Configure included), not when its timeout expires:
+            # a connection accepted by a dying sidecar is reset right after the connect.
+            if self._writer is writer:
+                self._drop_connection()
 
     async def _ping_loop(self) -> None:
         while True:

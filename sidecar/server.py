@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +63,7 @@ class _Job:
     deadline: float  # perf_counter seconds
     tokens: int = 0
     text: str = ""
-    extra: dict[str, float] = field(default_factory=dict)
+    started: float = 0.0
 
 
 class SidecarServer:
@@ -218,54 +218,63 @@ class SidecarServer:
         spare = remaining_ms - self.embedder.estimate_ms(batch_tokens)
         return min(self.max_tokens, int(spare / max(self.embedder.per_token_ms, 1e-3)))
 
-    def _run_batch(self, jobs: list[_Job]) -> tuple[np.ndarray, float]:
+    def _run_batch(
+        self, candidates: list[_Job], index: RouteIndex
+    ) -> tuple[list[_Job], list[_Job], np.ndarray, float]:
+        """Fit each input to its remaining budget, embed the batch, score the routes.
+
+        Runs on the model thread, so every llama.cpp call (tokenizer included) stays on one
+        thread. Returns (expired jobs, computed jobs, probabilities, inference ms).
+        """
+        now = time.perf_counter()
+        batch: list[_Job] = []
+        expired: list[_Job] = []
+        tokens = 0
+        for job in candidates:
+            job.started = now
+            allowance = self._token_allowance(job, now, tokens)
+            if allowance < _MIN_TOKENS:
+                expired.append(job)
+                continue
+            job.text, job.tokens = self.embedder.fit(job.request.text, allowance)
+            tokens += job.tokens
+            batch.append(job)
+        if not batch:
+            return expired, batch, np.zeros((0, len(index.categories)), dtype=np.float32), 0.0
         started = time.perf_counter()
-        vectors = self.embedder.embed([job.text for job in jobs])
+        vectors = self.embedder.embed([job.text for job in batch])
         elapsed_ms = (time.perf_counter() - started) * 1000.0
-        self.embedder.observe(sum(job.tokens for job in jobs), elapsed_ms)
-        index = self._index
-        if index is None:
-            raise RuntimeError("no routes configured")
-        return index.predict_proba(vectors), elapsed_ms
+        self.embedder.observe(tokens, elapsed_ms)
+        return expired, batch, index.predict_proba(vectors), elapsed_ms
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            first = await self._queue.get()
-            batch: list[_Job] = []
-            tokens = 0
-            candidates = [first]
+            candidates = [await self._queue.get()]
             while len(candidates) < _MAX_BATCH and not self._queue.empty():
                 candidates.append(self._queue.get_nowait())
-            now = time.perf_counter()
-            for job in candidates:
-                allowance = self._token_allowance(job, now, tokens)
-                if allowance < _MIN_TOKENS:
-                    self._send(job.writer, Expired(id=job.request.id, reason="budget"))
-                    continue
-                job.text, job.tokens = self.embedder.fit(job.request.text, allowance)
-                tokens += job.tokens
-                batch.append(job)
-            if not batch or self._index is None:
-                continue
             async with self._model_lock:
-                categories = self._index.categories
+                index = self._index
+                if index is None:
+                    continue
                 try:
-                    probs, model_ms = await loop.run_in_executor(
-                        self._executor, self._run_batch, batch
+                    expired, batch, probs, model_ms = await loop.run_in_executor(
+                        self._executor, self._run_batch, candidates, index
                     )
                 except (RuntimeError, ValueError) as exc:
-                    for job in batch:
+                    for job in candidates:
                         self._send(job.writer, ErrorReply(id=job.request.id, message=str(exc)))
                     continue
+            for job in expired:
+                self._send(job.writer, Expired(id=job.request.id, reason="budget"))
             for job, row in zip(batch, probs, strict=True):
                 self._send(job.writer, ClassifyResult(
                     id=job.request.id,
-                    categories=categories,
+                    categories=index.categories,
                     probs=tuple(round(float(p), 5) for p in row),
                     tokens=job.tokens,
                     model_ms=round(model_ms, 3),
-                    queue_ms=round((now - job.received) * 1000.0, 3),
+                    queue_ms=round((job.started - job.received) * 1000.0, 3),
                 ))
 
 
