@@ -76,7 +76,7 @@ class SidecarServer:
         *,
         head: EmbeddingHead | None = None,
         routes: Sequence[RouteSpec] = (),
-        max_tokens: int = 128,
+        max_tokens: int = 64,
         queue_limit: int = 64,
     ) -> None:
         self.embedder = embedder
@@ -286,7 +286,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="1 is steadier on a 2-core machine shared with the gateway")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--gpu-layers", type=int, default=0)
-    parser.add_argument("--max-tokens", type=int, default=128,
+    parser.add_argument("--max-tokens", type=int, default=64,
                         help="longest input embedded (head + tail of longer ones)")
     parser.add_argument("--head", default="", help="trained head .npz ('none' to disable)")
     parser.add_argument("--weights", default="default", choices=WEIGHT_VARIANTS,

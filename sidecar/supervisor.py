@@ -62,7 +62,7 @@ class SidecarSupervisor:
         threads: int = 1,
         context: int = 512,
         gpu_layers: int = 0,
-        max_tokens: int = 128,
+        max_tokens: int = 64,
         routes_file: str = "",
         weights: str = "default",
         extra_args: Sequence[str] = (),
