@@ -336,11 +336,11 @@ def load_config(path: str | Path) -> GatewayConfig:
         config = parse_config(raw)
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc}") from exc
-
     if not config.admin.config_path:  # /admin/reload re-reads the file the config came from
         config = msgspec.structs.replace(config, admin=msgspec.structs.replace(
             config.admin, config_path=str(file)))
     return config
+
 
 def resolve_config_path(explicit: str | None = None) -> Path:
     """``--config``, else ``ROUTEGATE_CONFIG``, else ./gateway.toml."""

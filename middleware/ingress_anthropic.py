@@ -28,6 +28,7 @@ from routegate.middleware.wire.anthropic_inbound import (
     to_anthropic_message,
 )
 from routegate.middleware.wire.openai import ChatRequest
+from routegate.middleware.wire.sse import SSEFramer, event_data, split_events
 
 __all__ = ["AnthropicIngress", "AnthropicStreamWriter", "anthropic_error_body"]
 
@@ -248,7 +249,7 @@ class AnthropicStreamWriter:
     """OpenAI chunks in, Anthropic Messages stream events out."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._framer = SSEFramer()
         self._started = False
         self._block = -1  # index of the open content block, -1: none
         self._block_kind = ""
@@ -258,17 +259,11 @@ class AnthropicStreamWriter:
         self._finished = False
 
     def feed(self, data: bytes) -> bytes:
-        buffer = self._buffer + data if self._buffer else data
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = buffer
-            return b""
-        complete, self._buffer = buffer[:end], buffer[end + 2:]
-        return b"".join(self._translate(event) for event in complete.split(b"\n\n"))
+        return b"".join(self._translate(event)
+                        for event in split_events(self._framer.feed(data)))
 
     def _translate(self, raw: bytes) -> bytes:
-        data = b"\n".join(line[5:].lstrip(b" ") for line in raw.split(b"\n")
-                          if line.startswith(b"data:"))
+        data = event_data(raw)
         if not data or self._finished:
             return b""
         if data == b"[DONE]":

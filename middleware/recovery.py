@@ -25,6 +25,7 @@ import msgspec
 from routegate.middleware.asgi_types import Message, Send
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.wire.openai import ChatMessage, ChatRequest
+from routegate.middleware.wire.sse import SSEFramer, event_data, split_events
 
 __all__ = ["Output", "OutputTape", "Splicer", "continuation_request"]
 
@@ -160,7 +161,7 @@ class Splicer:
         self._held: list[dict[str, Any]] = []  # content events held while looking for overlap
         self._held_text = ""
         self._checked = not prefix
-        self._buffer = b""
+        self._framer = SSEFramer()
         self.started = False  # continuation bytes reached the client
 
     async def __call__(self, message: Message) -> None:
@@ -183,20 +184,13 @@ class Splicer:
             await self._send({"type": "http.response.body", "body": out, "more_body": True})
 
     def _feed(self, data: bytes, *, final: bool) -> bytes:
-        buffer = self._buffer + data
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = buffer
-            return self._flush() if final else b""
-        complete, self._buffer = buffer[:end], buffer[end + 2:]
-        out = b"".join(self._event(event) for event in complete.split(b"\n\n") if event)
+        out = b"".join(self._event(event) for event in split_events(self._framer.feed(data)))
         if final:
             out += self._flush()
         return out
 
     def _event(self, event: bytes) -> bytes:
-        data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n")
-                          if line.startswith(b"data:"))
+        data = event_data(event)
         if not data.startswith(b"{"):
             return self._flush() + event + b"\n\n"  # [DONE], comments, in-band errors
         chunk = _decode_any.decode(data)

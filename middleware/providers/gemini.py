@@ -35,6 +35,7 @@ from routegate.middleware.wire.gemini import (
 )
 from routegate.middleware.wire.openai import Usage
 from routegate.middleware.wire.openai_messages import DONE, ChunkWriter, completion_body
+from routegate.middleware.wire.sse import SSEFramer, event_data, split_events
 
 __all__ = ["GeminiAdapter", "GeminiStreamTranslator", "judge_gemini_error"]
 
@@ -166,12 +167,23 @@ def _retry_delay(details: list[dict[str, Any]]) -> float | None:
 class GeminiStreamTranslator:
     """``streamGenerateContent?alt=sse`` events in, OpenAI chunks out."""
 
-    __slots__ = ("_buffer", "_chunks", "_content", "_include_usage", "_preamble", "_tools",
-                 "done", "error", "finish_reasons", "response_model", "usage")
+    __slots__ = (
+        "_chunks",
+        "_content",
+        "_framer",
+        "_include_usage",
+        "_preamble",
+        "_tools",
+        "done",
+        "error",
+        "finish_reasons",
+        "response_model",
+        "usage",
+    )
 
     def __init__(self, include_usage: bool) -> None:
         self._include_usage = include_usage
-        self._buffer = b""
+        self._framer = SSEFramer()
         self._chunks = ChunkWriter()
         self._content = False
         self._preamble = False
@@ -187,19 +199,11 @@ class GeminiStreamTranslator:
         return self._content
 
     def feed(self, data: bytes) -> bytes:
-        buffer = self._buffer + data if self._buffer else data
-        if b"\r\n" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n")
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = buffer
-            return b""
-        complete, self._buffer = buffer[:end], buffer[end + 2:]
-        return b"".join(self._translate(event) for event in complete.split(b"\n\n"))
+        return b"".join(self._translate(event)
+                        for event in split_events(self._framer.feed(data)))
 
     def _translate(self, raw: bytes) -> bytes:
-        data = b"\n".join(line[5:].lstrip(b" ") for line in raw.split(b"\n")
-                          if line.startswith(b"data:"))
+        data = event_data(raw)
         if not data:
             return b""
         try:

@@ -24,6 +24,7 @@ from routegate.middleware.providers.base import (
     retry_after_seconds,
 )
 from routegate.middleware.wire.openai import ChatCompletion, StreamChunk, UpstreamError, Usage
+from routegate.middleware.wire.sse import SSEFramer, event_data, split_events
 
 __all__ = ["OpenAIAdapter", "OpenAIStreamTranslator", "judge_openai_error"]
 
@@ -111,12 +112,12 @@ def judge_openai_error(status: int, body: bytes, headers: httpx.Headers) -> Upst
 class OpenAIStreamTranslator:
     """Passes SSE events through unchanged, event by event, as they complete."""
 
-    __slots__ = ("_buffer", "_events", "_include_usage", "done", "finish_reasons",
+    __slots__ = ("_events", "_framer", "_include_usage", "done", "finish_reasons",
                  "response_model", "usage")
 
     def __init__(self, include_usage: bool) -> None:
         self._include_usage = include_usage
-        self._buffer = b""
+        self._framer = SSEFramer()
         self._events = 0
         self.usage: Usage | None = None
         self.response_model = ""
@@ -130,18 +131,13 @@ class OpenAIStreamTranslator:
         return self._events > 0
 
     def feed(self, data: bytes) -> bytes:
-        buffer = self._buffer + data if self._buffer else data
-        if b"\r\n" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n")
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = buffer
+        complete = self._framer.feed(data)
+        if not complete:
             return b""
-        complete, self._buffer = buffer[: end + 2], buffer[end + 2 :]
         if not self._needs_inspection(complete):
             self._events += 1
             return complete
-        return b"".join(self._inspect(event + b"\n\n") for event in complete[:-2].split(b"\n\n"))
+        return b"".join(self._inspect(event + b"\n\n") for event in split_events(complete))
 
     def _needs_inspection(self, complete: bytes) -> bool:
         # Cheap byte checks keep the common content-delta event off the JSON decoder.
@@ -150,8 +146,8 @@ class OpenAIStreamTranslator:
                 or b'"finish_reason": "' in complete or b'"error"' in complete)
 
     def _inspect(self, event: bytes) -> bytes:
-        data = _event_data(event)
-        if data is None:  # comment / keep-alive line
+        data = event_data(event)
+        if not data:  # comment / keep-alive line
             return event
         if data == b"[DONE]":
             self.done = True
@@ -219,10 +215,3 @@ def _finish_reasons(chunk: StreamChunk) -> list[str]:
         if reason:
             reasons.append(reason)
     return reasons
-
-
-def _event_data(event: bytes) -> bytes | None:
-    lines = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
-    if not lines:
-        return None
-    return b"\n".join(lines)
