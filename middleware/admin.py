@@ -18,6 +18,7 @@ whole ``/admin`` tree does not exist (404). The compare is constant-time.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import importlib.resources
 import logging
@@ -43,7 +44,6 @@ from routegate.middleware.wire.openai import message_text
 from routegate.sidecar.protocol import Classification
 
 if TYPE_CHECKING:
-    import httpx
 
     from routegate.middleware.gateway import Gateway
 
@@ -116,6 +116,7 @@ class AdaptiveExtension:
         self.by_category: dict[str, dict[str, int]] = {}
         self.reloaded_at: float | None = None
         self.started_at = wall()
+        self._reconfiguring: asyncio.Task[None] | None = None  # sidecar re-learning routes
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -364,49 +365,21 @@ class AdaptiveExtension:
         """Everything is built first; the assignments at the end run without an await between
         them, so a request sees either the old config or the new one, never a mix. Requests in
         flight finish on the relay they started with."""
-        from routegate.middleware.providers import build_adapter
-        from routegate.middleware.relay import PoolModel, Relay
-
         gw = self.gateway
         old = gw.config
         if config.server.prefix != old.server.prefix:
             raise ConfigError("server.prefix: changing it needs a restart")
-        client: httpx.AsyncClient | None = gw._client
-        if client is None:
-            raise ConfigError("the gateway is not running")
-        adapters = {}
-        skipped: dict[str, str] = {}
-        for name, provider in config.providers.items():
-            if provider.type == "local":
-                if not any(m.provider == name for m in config.models.values()):
-                    continue
-                if gw.local is None or config.local != old.local:
-                    raise ConfigError(f"providers.{name}: starting or changing the local model "
-                                      "needs a restart")
-                adapters[name] = build_adapter(msgspec.structs.replace(
-                    provider, base_url=gw.local.base_url), None)
-                continue
-            key = self._environ(provider.api_key_env) if provider.api_key_env else None
-            if provider.api_key_env and not key:
-                skipped[name] = f"{provider.api_key_env} is not set"
-                continue
-            adapters[name] = build_adapter(provider, key)
-        pool = {name: PoolModel(name, model, model.provider, config.providers[model.provider],
-                                adapters[model.provider], config.upstream_name(name))
-                for name, model in config.models.items() if model.provider in adapters}
-        relay = Relay(config, client, pool, gw.observers)
-        models_body = _json.encode({"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": model.provider}
-            for name, model in config.models.items() if name in pool]})
-        classifier = gw.classifier
+        gw.install(config)  # raises ConfigError, keeping the old pool
+        from routegate.sidecar.client import SidecarClassifier
         from routegate.sidecar.heuristic import HeuristicClassifier
+        from routegate.sidecar.routes import route_specs
 
-        if isinstance(classifier, HeuristicClassifier):
-            classifier = HeuristicClassifier(config.categories, config.classifier.default_category)
-        # -- swap: no await from here on --
-        gw.config, gw.pool, gw.available = config, pool, frozenset(pool)
-        gw._relay, gw._models_body, gw.skipped_providers = relay, models_body, skipped
-        gw.classifier = classifier
+        if isinstance(gw.classifier, HeuristicClassifier):
+            gw.classifier = HeuristicClassifier(config.categories,
+                                                config.classifier.default_category)
+        elif isinstance(gw.classifier, SidecarClassifier):  # re-teach the routes' examples
+            self._reconfiguring = asyncio.get_running_loop().create_task(
+                gw.classifier.reconfigure(route_specs(config.routes, config.categories)))
         self.registry.configure(config)
         self.limiter.configure(config)
         self.feedback.capacity = max(1, config.adaptive.feedback_memory)

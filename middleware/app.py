@@ -44,6 +44,7 @@ class _HealthApp:
                 "skipped_providers": gateway.skipped_providers,
                 "local_model": None if gateway.local is None else
                 ("alive" if gateway.local.alive else "down"),
+                **{name: describe() for name, describe in gateway.status.items()},
             })
             await _json_response(send, 200 if gateway.ready else 503, body)
         else:

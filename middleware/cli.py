@@ -2,7 +2,8 @@
 
     routegate serve [--config FILE] [--host H] [--port P]   run the standalone gateway
     routegate audit GOLDEN.jsonl [--url URL] [--feed] ...    golden set through every path
-    routegate classify ... / routegate sidecar ...           (from routegate.sidecar.cli)
+    routegate classify "text" | --eval FILE.jsonl           classify with the cascade
+    routegate sidecar [--socket PATH]                        run the classifier sidecar
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=_serve)
     from routegate.middleware.audit import register as register_audit
+    from routegate.sidecar.cli import register as register_classifier
 
     register_audit(sub)
+    register_classifier(sub)  # `routegate classify ...`, `routegate sidecar ...`
     return parser
 
 

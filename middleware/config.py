@@ -157,6 +157,19 @@ class ClassifierConfig(_Section, frozen=True):
     escalate_below: float = 0.5  # confidence under this escalates to a stronger tier
     escalate_min_capability: float = 0.85
     default_category: str = "chat"
+    # mode = "sidecar": the embedding model process (see routegate.sidecar)
+    socket_path: str = ""  # empty: a private temp dir per gateway process
+    spawn: bool = True  # false: connect to an already-running `routegate sidecar` at socket_path
+    model_path: str = ""  # empty: all-MiniLM-L6-v2 converted to GGUF by `make setup`
+    weights: Literal["default", "ncfree"] = "default"  # ncfree: head trained without NC data
+    threads: int = 1
+    context_size: int = 512
+    gpu_layers: int = 0
+    max_tokens: int = 64  # embedded tokens per request (head and tail of long prompts)
+    cache_size: int = 4096
+    max_in_flight: int = 4  # deeper sidecar queue: shed to the fast stage
+    startup_wait_s: float = 15.0  # gateway start waits this long for the sidecar, then degrades
+    startup_timeout_s: float = 120.0
 
 
 class LocalConfig(_Section, frozen=True):

@@ -10,6 +10,9 @@ __all__ = ["default_extensions"]
 
 def default_extensions(config: GatewayConfig) -> list[Extension]:
     extensions: list[Extension] = []
+    if config.classifier.mode == "sidecar":  # first: the classifier the others will use
+        from routegate.sidecar.extension import SidecarExtension
+        extensions.append(SidecarExtension(config.classifier))
     from routegate.otel import TelemetryExtension  # off (no observer) unless an endpoint is set
     extensions.append(TelemetryExtension(config.telemetry))
     from routegate.middleware.ingress_anthropic import AnthropicIngress  # POST {prefix}/messages

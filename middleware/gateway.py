@@ -17,12 +17,12 @@ import httpx
 import msgspec
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
-from routegate.middleware.config import GatewayConfig
+from routegate.middleware.config import ConfigError, GatewayConfig
 from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from routegate.middleware.local import LocalModelServer
 from routegate.middleware.observe import Observers, RequestContext, RequestOutcome
 from routegate.middleware.providers import build_adapter
-from routegate.middleware.providers.base import ClientRequest
+from routegate.middleware.providers.base import ClientRequest, ProviderAdapter
 from routegate.middleware.relay import PoolModel, Relay
 from routegate.middleware.routing import AUTO_MODELS, Plan, RouteView, plan_route
 from routegate.middleware.transport import FastTransport
@@ -91,28 +91,14 @@ class Gateway:
         }
         self.prefix_endpoints: list[tuple[str, Endpoint]] = []  # e.g. ("/admin", handler)
         self.policy: ChatPolicy | None = None  # set by the adaptive extension
+        self.status: dict[str, Callable[[], object]] = {}  # extensions' parts of /readyz
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         config = self.config
-        base_urls: dict[str, str] = {}
-        keys: dict[str, str | None] = {}
-        for name, provider in config.providers.items():
-            if provider.type == "local":
-                if not any(m.provider == name for m in config.models.values()):
-                    continue
-                if self.local is None:
-                    self.local = LocalModelServer(config.local)
-                    await self.local.start()
-                base_urls[name] = self.local.base_url
-                keys[name] = None
-                continue
-            key = self._environ(provider.api_key_env) if provider.api_key_env else None
-            if provider.api_key_env and not key:
-                self.skipped_providers[name] = f"{provider.api_key_env} is not set"
-                log.info("provider %s skipped: %s is not set", name, provider.api_key_env)
-                continue
-            base_urls[name], keys[name] = provider.base_url, key
+        if self.local is None and self._uses_local(config):
+            self.local = LocalModelServer(config.local)
+            await self.local.start()
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=256,
                               keepalive_expiry=30.0)
         transport = self._transport
@@ -128,25 +114,55 @@ class Gateway:
             timeout=httpx.Timeout(300.0, connect=5.0),
             follow_redirects=False,
         )
-        adapters = {name: build_adapter(msgspec.structs.replace(config.providers[name],
-                                                                base_url=url), keys[name])
-                    for name, url in base_urls.items()}
-        self.pool = {
-            name: PoolModel(name, model, model.provider, config.providers[model.provider],
-                            adapters[model.provider], config.upstream_name(name))
-            for name, model in config.models.items() if model.provider in adapters
-        }
-        self.available = frozenset(self.pool)
-        self._relay = Relay(config, self._client, self.pool, self.observers)
-        # "auto" first: the model name that asks the gateway to classify and route
-        self._models_body = _json.encode({"object": "list", "data": [
-            {"id": "auto", "object": "model", "created": 0, "owned_by": "routegate"},
-            *({"id": name, "object": "model", "created": 0, "owned_by": model.provider}
-              for name, model in config.models.items() if name in self.available)]})
+        for name, reason in self.install(config).items():
+            log.info("provider %s skipped: %s", name, reason)
         for extension in self.extensions:
             await extension.start(self)
         log.info("routegate ready: %d of %d pool models available", len(self.available),
                  len(config.models))
+
+    @staticmethod
+    def _uses_local(config: GatewayConfig) -> bool:
+        return any(config.providers[m.provider].type == "local" for m in config.models.values())
+
+    def install(self, config: GatewayConfig) -> dict[str, str]:
+        """Build the pool for ``config`` and swap it in; returns skipped providers and why.
+
+        Used at start and by config reload. Everything is built first and assigned without an
+        await in between, so a request sees the old pool or the new one, never a mix; requests
+        in flight finish on the relay they started with. Raises ConfigError for changes that
+        need a restart (the local model)."""
+        assert self._client is not None, "install() needs the HTTP client from start()"
+        adapters: dict[str, ProviderAdapter] = {}
+        skipped: dict[str, str] = {}
+        for name, provider in config.providers.items():
+            if provider.type == "local":
+                if not any(m.provider == name for m in config.models.values()):
+                    continue
+                if self.local is None or config.local != self.config.local:
+                    raise ConfigError(f"providers.{name}: starting or changing the local model "
+                                      "needs a restart")
+                adapters[name] = build_adapter(msgspec.structs.replace(
+                    provider, base_url=self.local.base_url), None)
+                continue
+            key = self._environ(provider.api_key_env) if provider.api_key_env else None
+            if provider.api_key_env and not key:
+                skipped[name] = f"{provider.api_key_env} is not set"
+                continue
+            adapters[name] = build_adapter(provider, key)
+        pool = {name: PoolModel(name, model, model.provider, config.providers[model.provider],
+                                adapters[model.provider], config.upstream_name(name))
+                for name, model in config.models.items() if model.provider in adapters}
+        relay = Relay(config, self._client, pool, self.observers)
+        # "auto" first: the model name that asks the gateway to classify and route
+        models_body = _json.encode({"object": "list", "data": [
+            {"id": "auto", "object": "model", "created": 0, "owned_by": "routegate"},
+            *({"id": name, "object": "model", "created": 0, "owned_by": model.provider}
+              for name, model in config.models.items() if name in pool)]})
+        # -- swap: no await from here on --
+        self.config, self.pool, self.available = config, pool, frozenset(pool)
+        self._relay, self._models_body, self.skipped_providers = relay, models_body, skipped
+        return skipped
 
     async def stop(self) -> None:
         for extension in reversed(self.extensions):
