@@ -36,6 +36,7 @@ from routegate.middleware.budgets import ClientLimiter, Reservation, reservation
 from routegate.middleware.config import ConfigError, GatewayConfig, load_config, resolve_config_path
 from routegate.middleware.errors import GatewayError, InvalidRequest, Unauthorized
 from routegate.middleware.feedback import FeedbackStore
+from routegate.middleware.gateway import read_body
 from routegate.middleware.health import WINDOWS, Controls, HealthObserver, HealthRegistry, LiveView
 from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
 from routegate.middleware.providers.base import ClientRequest
@@ -44,8 +45,9 @@ from routegate.middleware.wire.openai import message_text
 from routegate.sidecar.protocol import Classification
 
 if TYPE_CHECKING:
-
     from routegate.middleware.gateway import Gateway
+
+_ADMIN_BODY_LIMIT = 1 << 20  # admin bodies are small JSON documents
 
 __all__ = ["AdaptiveExtension"]
 
@@ -205,7 +207,7 @@ class AdaptiveExtension:
         if scope["method"] != "POST":
             raise GatewayError("Use POST for this endpoint", status=405, code="method_not_allowed")
         self.limiter.authenticate(ctx.headers)
-        body = await _read_body(receive)
+        body = await read_body(receive, _ADMIN_BODY_LIMIT)
         result = self.feedback.apply(body, self.config.categories)
         await _send_json(send, 200, result)
         return RequestOutcome(200, "success")
@@ -229,7 +231,7 @@ class AdaptiveExtension:
         elif route == ("GET", "weights"):
             result = self.weights()
         elif route == ("PUT", "weights"):
-            result = self.put_weight(await _read_body(receive))
+            result = self.put_weight(await read_body(receive, _ADMIN_BODY_LIMIT))
         elif route == ("DELETE", "weights"):
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             model = query.get("model", [""])[0]
@@ -441,22 +443,6 @@ def _dashboard() -> bytes:
     return importlib.resources.files("routegate.middleware").joinpath(
         "dashboard.html").read_bytes()
 
-
-async def _read_body(receive: Receive, limit: int = 1 << 20) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidRequest("The client disconnected before sending the body",
-                                 code="client_disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise InvalidRequest("The request body is too large", code="request_too_large")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> None:

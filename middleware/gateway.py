@@ -234,7 +234,7 @@ class Gateway:
         """Read and validate an OpenAI-format chat request (400/405/413 on bad input)."""
         if scope["method"] != "POST":
             raise GatewayError("Use POST for this endpoint", status=405, code="method_not_allowed")
-        return _decode_request(await _read_body(receive, self.config.server.max_body_bytes))
+        return _decode_request(await read_body(receive, self.config.server.max_body_bytes))
 
     async def serve_chat(self, ctx: RequestContext, request: ClientRequest, send: Send,
                          receive: Receive) -> RequestOutcome:
@@ -299,7 +299,8 @@ def _explain(error: str) -> tuple[str, str | None]:
     return (f"{message} (at `{param}`)" if param else message), param
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, or 413 past ``limit`` bytes (400 if the client leaves)."""
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -16,8 +16,8 @@ import msgspec
 
 from routegate.middleware.asgi_types import Message, Receive, Scope, Send
 from routegate.middleware.config import GatewayConfig
-from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadTooLarge
-from routegate.middleware.gateway import Gateway
+from routegate.middleware.errors import GatewayError, InvalidRequest
+from routegate.middleware.gateway import Gateway, read_body
 from routegate.middleware.observe import RequestContext, RequestOutcome
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.routing import AUTO_MODELS
@@ -80,7 +80,7 @@ class AnthropicIngress:
             if scope["method"] != "POST":
                 raise GatewayError("Use POST for this endpoint", status=405,
                                    code="method_not_allowed")
-            body = await _read_body(receive, gateway.config.server.max_body_bytes)
+            body = await read_body(receive, gateway.config.server.max_body_bytes)
             request = _client_request(body, gateway.config)
             return await gateway.serve_chat(ctx, request, translated, receive)
         except GatewayError as exc:
@@ -102,7 +102,7 @@ class AnthropicIngress:
             if scope["method"] != "POST":
                 raise GatewayError("Use POST for this endpoint", status=405,
                                    code="method_not_allowed")
-            body = await _read_body(receive, gateway.config.server.max_body_bytes)
+            body = await read_body(receive, gateway.config.server.max_body_bytes)
             request = _client_request(body, gateway.config, count_only=True)
             usage = await tokens.estimate(request, "")
         except GatewayError as exc:
@@ -347,22 +347,6 @@ class AnthropicStreamWriter:
         return self._close_block() + _event("error", {"error": {
             "type": "api_error", "message": "the upstream stream ended before the answer was complete"}})
 
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidRequest("The client disconnected before sending the body",
-                                 code="client_disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _respond(send: Send, ctx: RequestContext, status: int, body: bytes,
