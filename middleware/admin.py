@@ -31,7 +31,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from routegate.middleware.asgi_types import Message, Receive, Scope, Send
+from routegate.middleware.asgi_types import Receive, Scope, Send
 from routegate.middleware.budgets import ClientLimiter, Reservation, reservation_usd
 from routegate.middleware.config import ConfigError, GatewayConfig, load_config, resolve_config_path
 from routegate.middleware.errors import GatewayError, InvalidRequest, Unauthorized
@@ -55,7 +55,6 @@ log = logging.getLogger("routegate")
 _json = msgspec.json.Encoder()
 _RESERVATION = "routegate.reservation"
 _PROBES = "routegate.probes"
-_COST_HEADER = b"x-routegate-cost-usd"
 
 
 class WeightChange(msgspec.Struct, forbid_unknown_fields=True):
@@ -176,23 +175,6 @@ class AdaptiveExtension:
         if plan.probes:
             self.registry.claim_probes(ctx.request_id, plan.probes)
             ctx.state[_PROBES] = True
-
-    def wrap_send(self, ctx: RequestContext, send: Send) -> Send:
-        """Adds ``x-routegate-cost-usd`` to whole (non-stream) answers: their usage, hence
-        their cost, is known before the headers go out. Streams send headers first; their
-        cost is in the stats (and the final usage chunk when asked for)."""
-        if ctx.stream:
-            return send
-
-        async def with_cost(message: Message) -> None:
-            if message["type"] == "http.response.start" and ctx.attempts:
-                cost = ctx.attempts[-1].cost_usd
-                if cost is not None:  # the relay builds each message (and list) afresh
-                    message["headers"] = [*message.get("headers", ()),
-                                          (_COST_HEADER, f"{cost:.10f}".encode())]
-            await send(message)
-
-        return with_cost
 
     def settle(self, ctx: RequestContext) -> None:
         if ctx.state.pop(_PROBES, False):

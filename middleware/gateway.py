@@ -58,7 +58,6 @@ class ChatPolicy(Protocol):
 
     def route_view(self, ctx: RequestContext) -> RouteView: ...
     def admit(self, ctx: RequestContext, request: ClientRequest, plan: Plan) -> None: ...
-    def wrap_send(self, ctx: RequestContext, send: Send) -> Send: ...
     def settle(self, ctx: RequestContext) -> None: ...
 
 
@@ -257,7 +256,7 @@ class Gateway:
             return await self._relay.run(ctx, request, plan.models, send, receive)
         policy.admit(ctx, request, plan)  # client key, budget reservation (401/429)
         try:
-            return await self._relay.run(ctx, request, plan.models, policy.wrap_send(ctx, send),
+            return await self._relay.run(ctx, request, plan.models, send,
                                          receive)
         finally:
             policy.settle(ctx)

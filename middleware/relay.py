@@ -260,7 +260,7 @@ class Relay:
         attempt.committed = True
         await send({"type": "http.response.start", "status": 200,
                     "headers": self._headers(ctx, pool_model, b"application/json",
-                                             len(answer.body))})
+                                             len(answer.body), attempt.cost_usd)})
         await send({"type": "http.response.body", "body": answer.body, "more_body": False})
         return None
 
@@ -272,7 +272,7 @@ class Relay:
         attempt.cost_usd = cost_usd(pool_model.config, usage)
 
     def _headers(self, ctx: RequestContext, pool_model: PoolModel, content_type: bytes,
-                 length: int | None) -> list[tuple[bytes, bytes]]:
+                 length: int | None, cost: float | None = None) -> list[tuple[bytes, bytes]]:
         headers = [
             (b"content-type", content_type),
             (b"x-routegate-model", pool_model.name.encode()),
@@ -283,6 +283,8 @@ class Relay:
             headers.append((b"x-routegate-category", ctx.category.encode()))
         if length is not None:
             headers.append((b"content-length", str(length).encode()))
+            if cost is not None:  # a whole answer's usage, hence cost, precedes its headers
+                headers.append((b"x-routegate-cost-usd", f"{cost:.10f}".encode()))
         else:
             headers.append((b"cache-control", b"no-cache"))
         headers.extend(ctx.response_headers)

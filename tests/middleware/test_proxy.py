@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import openai
+import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from bench.fakes import FakeProvider
@@ -22,6 +23,8 @@ def test_sync_sdk_non_streaming_answer_and_routing_headers(gateway: tuple[FakePr
     assert raw.headers["x-routegate-model"] == "cheap"
     assert raw.headers["x-routegate-provider"] == "fake"
     assert len(raw.headers["x-request-id"]) >= 16
+    expected_cost = (completion.usage.prompt_tokens * 0.1 + completion.usage.completion_tokens * 0.2) / 1e6
+    assert float(raw.headers["x-routegate-cost-usd"]) == pytest.approx(expected_cost)
     assert fake.requests[-1].body["model"] == "cheap-up"
 
 
