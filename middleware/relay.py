@@ -30,7 +30,7 @@ from routegate.middleware.providers.base import (
     UpstreamFailure,
 )
 from routegate.middleware.recovery import OutputTape, Splicer, continuation_request
-from routegate.middleware.tokens import TokenEstimator, UsageFiller
+from routegate.middleware.tokens import TokenEstimator, UsageFiller, with_estimated_usage
 from routegate.middleware.transport import raw_chunks, send_upstream
 from routegate.middleware.wire.openai import Usage
 
@@ -82,10 +82,11 @@ class Relay:
         context_failure: UpstreamFailure | None = None
         waited_retry_after: set[str] = set()
         position = 0
-        # The answer's bytes (kept, not parsed) for token estimates and mid-stream recovery;
-        # with estimates on, it also shows the client estimated usage where none came.
+        # A stream's bytes (kept, not parsed) for token estimates and mid-stream recovery;
+        # with estimates on, it also shows the client estimated usage where none came. (A
+        # whole answer is in hand before its headers go out: _whole fills it directly.)
         tape: OutputTape | None = None
-        if self._tokens is not None:
+        if request.stream and self._tokens is not None:
             tape = UsageFiller(send, request, self._tokens)
         elif self._recovering(request):
             tape = OutputTape(send)
@@ -225,18 +226,20 @@ class Relay:
         upstream = pool_model.adapter.build_request(self._client, request, pool_model.config,
                                                     pool_model.upstream_model)
         timeouts = pool_model.provider.timeouts
-        upstream.extensions["timeout"] = httpx.Timeout(
-            timeouts.total_s, connect=min(timeouts.connect_s, remaining)).as_dict()
+        total = timeouts.total_s  # httpx.Timeout(total, connect=...).as_dict(), built directly
+        upstream.extensions["timeout"] = {"connect": min(timeouts.connect_s, remaining),
+                                          "read": total, "write": total, "pool": total}
         if self._observers:
             self._observers.on_attempt_start(ctx, attempt, upstream)
         if request.stream:
             return await self._stream(ctx, attempt, pool_model, request, upstream,
                                       min(timeouts.first_token_s, remaining), send, receive)
-        return await self._whole(ctx, attempt, pool_model, upstream,
+        return await self._whole(ctx, attempt, pool_model, request, upstream,
                                  min(timeouts.total_s, remaining), send)
 
     async def _whole(self, ctx: RequestContext, attempt: AttemptInfo, pool_model: PoolModel,
-                     upstream: httpx.Request, limit: float, send: Send) -> UpstreamFailure | None:
+                     request: ClientRequest, upstream: httpx.Request, limit: float,
+                     send: Send) -> UpstreamFailure | None:
         try:
             async with asyncio.timeout(limit):
                 response = await send_upstream(self._client, upstream)
@@ -255,13 +258,17 @@ class Relay:
         except MalformedUpstream as exc:
             return UpstreamFailure("malformed", f"malformed answer ({exc})"[:200])
         attempt.first_token_at = time.perf_counter()
-        self._settle(attempt, pool_model, answer.usage, answer.response_model,
-                     answer.finish_reasons)
+        body, usage = answer.body, answer.usage
+        if usage is None and self._tokens is not None:
+            filled = await with_estimated_usage(self._tokens, request, body)
+            if filled is not None:
+                body, usage = filled
+        self._settle(attempt, pool_model, usage, answer.response_model, answer.finish_reasons)
         attempt.committed = True
         await send({"type": "http.response.start", "status": 200,
                     "headers": self._headers(ctx, pool_model, b"application/json",
-                                             len(answer.body), attempt.cost_usd)})
-        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+                                             len(body), attempt.cost_usd)})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
         return None
 
     def _settle(self, attempt: AttemptInfo, pool_model: PoolModel, usage: Usage | None,

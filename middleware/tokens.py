@@ -23,7 +23,7 @@ from routegate.middleware.recovery import OutputTape
 from routegate.middleware.wire.openai import Usage
 from routegate.middleware.wire.openai_messages import field, text_content, usage_dict
 
-__all__ = ["EstimatedUsage", "TokenEstimator", "UsageFiller", "prompt_text"]
+__all__ = ["EstimatedUsage", "TokenEstimator", "UsageFiller", "prompt_text", "with_estimated_usage"]
 
 log = logging.getLogger("routegate")
 _MESSAGE_OVERHEAD = 4  # role markers and separators a chat template adds per message
@@ -121,18 +121,18 @@ _encode = msgspec.json.Encoder().encode
 
 
 class UsageFiller(OutputTape):
-    """The answer tape (:class:`OutputTape`) that also shows the client estimated usage where
-    the provider sent none: a usage chunk (``"estimated": true``) before ``[DONE]`` when the
-    client asked for one, and a ``usage`` object in a JSON answer. Answers with usage pass
-    untouched; the only work per chunk is a list append and two substring checks."""
+    """The answer tape (:class:`OutputTape`) of a stream that also shows the client estimated
+    usage where the provider sent none: a usage chunk (``"estimated": true``) before
+    ``[DONE]`` when the client asked for one. Streams with usage pass untouched; the only work
+    per chunk is a list append and two substring checks. (Whole answers get theirs from
+    :func:`with_estimated_usage`, called by the relay before the headers go out.)"""
 
-    __slots__ = ("_estimator", "_held_start", "_request", "_stream_from", "_usage_seen")
+    __slots__ = ("_estimator", "_request", "_stream_from", "_usage_seen")
 
     def __init__(self, send: Send, request: ClientRequest, estimator: TokenEstimator) -> None:
         super().__init__(send)
         self._request = request
         self._estimator = estimator
-        self._held_start: Message | None = None
         self._usage_seen = False
         self._stream_from = 0  # first chunk of the current response
 
@@ -140,10 +140,7 @@ class UsageFiller(OutputTape):
         kind = message["type"]
         if kind == "http.response.body":
             body = message.get("body", b"")
-            if self._held_start is not None:
-                await self._whole(body, message)
-                return
-            if self.stream and body:
+            if self.stream and body and not self._usage_seen:
                 if any(marker in body for marker in _USAGE_MARKERS):
                     self._usage_seen = True
                 elif body.endswith(_DONE) and self._request.include_usage:
@@ -151,11 +148,6 @@ class UsageFiller(OutputTape):
         elif kind == "http.response.start":
             self._usage_seen = False
             self._stream_from = len(self._chunks)
-            if message.get("status") == 200 and not dict(message.get("headers", [])).get(
-                    b"content-type", b"").startswith(b"text/event-stream"):
-                self.stream = False
-                self._held_start = message  # the body may grow: content-length is not final
-                return
         await super().__call__(message)
 
     async def _with_usage_chunk(self, body: bytes, message: Message) -> Message:
@@ -165,28 +157,24 @@ class UsageFiller(OutputTape):
                          "choices": [], "usage": usage_dict(usage, estimated=True)})
         return {**message, "body": body[: -len(_DONE)] + b"data: " + chunk + b"\n\n" + _DONE}
 
-    async def _whole(self, body: bytes, message: Message) -> None:
-        start, self._held_start = self._held_start, None
-        assert start is not None
-        if not any(marker in body for marker in _USAGE_MARKERS):
-            try:
-                answer = _decode_any.decode(body)
-            except msgspec.DecodeError:
-                answer = None
-            if isinstance(answer, dict) and answer.get("choices"):
-                message_ = (answer["choices"][0] or {}).get("message") or {}
-                text = text_content(message_.get("content")) + "".join(
-                    str((call.get("function") or {}).get("arguments", ""))
-                    for call in message_.get("tool_calls") or [] if isinstance(call, dict))
-                usage = await self._estimator.estimate(self._request, text)
-                answer["usage"] = usage_dict(usage, estimated=True)
-                body = _encode(answer)
-                headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
-                start = {**start, "headers": [*headers,
-                                              (b"content-length", str(len(body)).encode())]}
-                message = {**message, "body": body}
-        await super().__call__(start)
-        await super().__call__(message)
+
+async def with_estimated_usage(estimator: TokenEstimator, request: ClientRequest,
+                               body: bytes) -> tuple[bytes, EstimatedUsage] | None:
+    """A whole chat completion that came without usage, with estimated usage added
+    (``"estimated": true``); None when ``body`` is not a chat completion."""
+    try:
+        answer = _decode_any.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(answer, dict) or not answer.get("choices"):
+        return None
+    message = (answer["choices"][0] or {}).get("message") or {}
+    text = text_content(message.get("content")) + "".join(
+        str((call.get("function") or {}).get("arguments", ""))
+        for call in message.get("tool_calls") or [] if isinstance(call, dict))
+    usage = await estimator.estimate(request, text)
+    answer["usage"] = usage_dict(usage, estimated=True)
+    return _encode(answer), usage
 
 
 class _Delta(msgspec.Struct):

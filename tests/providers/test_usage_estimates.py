@@ -3,6 +3,7 @@ as estimated."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ import pytest
 
 from bench.fakes import FakeProvider, Fault, serve_in_thread
 from routegate.middleware import create_app
+from routegate.middleware.asgi_types import Receive, Scope, Send
 from routegate.middleware.config import UsageConfig
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.tokens import EstimatedUsage, TokenEstimator
@@ -113,3 +115,32 @@ async def test_without_a_tokenizer_the_estimate_falls_back_to_characters() -> No
     usage = await estimator.estimate(request, "x" * 40)
     assert estimator.method == "chars/4"
     assert usage.completion_tokens == 10 and usage.estimated
+
+
+async def _usage_then_done_apart(scope: Scope, receive: Receive, send: Send) -> None:
+    """An OpenAI upstream whose usage chunk and ``[DONE]`` arrive in separate reads, as real
+    ones often do."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "up",
+             "choices": [{"index": 0, "delta": {"content": ANSWER}, "finish_reason": "stop"}]}
+    usage = {"id": "c1", "object": "chat.completion.chunk", "model": "up", "choices": [],
+             "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")]})
+    await send({"type": "http.response.body", "more_body": True,
+                "body": f"data: {json.dumps(chunk)}\n\ndata: {json.dumps(usage)}\n\n".encode()})
+    await asyncio.sleep(0.05)  # the terminator comes in a later read
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+def test_reported_usage_in_an_earlier_read_than_done_is_not_doubled() -> None:
+    with serve_in_thread(_usage_then_done_apart) as fake_url:
+        config = native_config({"p": ("openai", fake_url)}, {"primary": model("p", "up")})
+        with serve_in_thread(create_app(config), lifespan="on") as url:
+            response = _ask(url, stream=True)
+    usages = [json.loads(line[6:])["usage"] for line in response.text.splitlines()
+              if line.startswith("data: {") and '"usage"' in line]
+    assert usages == [{"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}]
