@@ -6,6 +6,7 @@ ASGITransport and Starlette's TestClient buffer the body.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -49,6 +50,7 @@ def serve_in_thread(
     shutdown_timeout: float = 5.0,
     graceful_shutdown_s: int = 1,
     log_level: str = "warning",
+    http: type[asyncio.Protocol] | Literal["auto", "h11", "httptools"] = "auto",
 ) -> Iterator[str]:
     """Serve ``app`` with uvicorn on ``host`` in a daemon thread; yield its base URL.
 
@@ -57,7 +59,8 @@ def serve_in_thread(
     On exit the server is asked to stop; requests still running after
     ``graceful_shutdown_s`` are cancelled, and the thread is joined with
     ``shutdown_timeout``. uvicorn's logging config is left alone (``log_config=None``), so
-    its records reach pytest's log capture; the access log is off.
+    its records reach pytest's log capture; the access log is off. ``http`` picks uvicorn's
+    HTTP protocol (a name, or a protocol class such as the one ``routegate serve`` uses).
     """
     quiet_fault_logs()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -68,6 +71,7 @@ def serve_in_thread(
         bound_port: int = sock.getsockname()[1]
         config = uvicorn.Config(
             app,
+            http=http,
             lifespan=lifespan,
             log_config=None,
             log_level=log_level,
