@@ -306,6 +306,8 @@ class Controls:
         return self.overrides.pop((model, category), None) is not None
 
     def lookup(self, model: str, category: str | None, now: float) -> Override | None:
+        if not self.overrides:  # the usual case, asked for every candidate of every request
+            return None
         for key in ((model, category or "*"), (model, "*")):
             override = self.overrides.get(key)
             if override is not None:
