@@ -9,7 +9,14 @@ per request is printed too: it is a bare uvicorn app, so it shows what one HTTP 
 on this machine (syscalls included), a floor to read the gateway's number against; ``gw/fake``
 is their ratio, the steadiest number on a shared machine (both swell alike under contention).
 
-    python -m bench.gateway_bench [--seconds 5] [--transports fast,aiohttp,httpx]
+Placement: the system under test owns CPU 1 and the load side CPU 0 (direct: fake on 1, wrk
+on 0; gateway: gateway on 1, fake + wrk on 0; one fake process, re-pinned in between).
+Rounds: this VM's CPU speed drifts ±15% between windows of a few seconds, so one window never
+decides a number: each transport runs ``--rounds`` interleaved rounds of its three scenarios
+and the table shows medians with the min–max spread. 3 s windows keep the default full run
+(4 scenario groups x 3 scenarios x 3 rounds) near 2 minutes; more rounds beat longer windows.
+
+    python -m bench.gateway_bench [--seconds 3] [--rounds 3] [--transports fast,aiohttp,httpx]
 
 Transports: ``fast`` (routegate's own, middleware/transport.py, the default), ``aiohttp``
 (httpx-aiohttp), ``httpx`` (httpx's default, httpcore).
@@ -23,18 +30,20 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 TICKS = os.sysconf("SC_CLK_TCK")
+SCENARIOS = (("json  c16", False, 16), ("json  c64", False, 64), ("sse20 c16", True, 16))
 
 
 def _body(model: str, stream: bool) -> str:
@@ -52,6 +61,49 @@ class Result:
     cpu_us: float | None = None
     errors: int = 0
     provider_cpu_us: float | None = None
+    requests: int = 0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """CPU sets for the load side and the system under test; ``None`` when not pinning."""
+
+    load: frozenset[int] | None
+    sut: frozenset[int] | None
+
+    @classmethod
+    def detect(cls) -> Placement:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return cls(None, None)
+        return cls(frozenset({cpus[0]}), frozenset({cpus[1]}))
+
+    def describe(self) -> str:
+        if self.load is None or self.sut is None:
+            return f"no CPU pinning (only {len(os.sched_getaffinity(0))} CPU available)"
+        load, sut = _cpus(self.load), _cpus(self.sut)
+        return (f"placement: direct = fake on CPU {sut}, load on CPU {load}; "
+                f"gateway = gateway on CPU {sut}, fake + load on CPU {load}")
+
+
+def _cpus(cpus: frozenset[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
+def _pinned(cpus: frozenset[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` pinning the child (and so every thread it starts) to ``cpus``."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def _repin(pid: int, cpus: frozenset[int] | None) -> None:
+    """Move a running process to ``cpus``: affinity is per thread on Linux, so set every task."""
+    if cpus is None:
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def _free_port() -> int:
@@ -79,8 +131,10 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 30.0
 
 
 @contextmanager
-def _process(command: list[str], probe: str) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _process(command: list[str], probe: str,
+             cpus: frozenset[int] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=_pinned(cpus))
     try:
         _wait_http(probe, process)
         yield process
@@ -105,19 +159,22 @@ capabilities = {{ chat = 0.9 }}
 """
 
 
-def _wrk(url: str, body: str, connections: int, seconds: float) -> Result:
+def _wrk(url: str, body: str, connections: int, seconds: float,
+         cpus: frozenset[int] | None = None) -> Result:
     escaped = body.replace("\\", "\\\\").replace('"', '\\"')
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(f'wrk.method = "POST"\nwrk.body = "{escaped}"\n'
                      'wrk.headers["Content-Type"] = "application/json"\n'
                      'wrk.headers["Authorization"] = "Bearer bench"\n')
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-                          "-s", script.name, url], capture_output=True, text=True, check=True).stdout
+                          "-s", script.name, url], capture_output=True, text=True, check=True,
+                         preexec_fn=_pinned(cpus)).stdout
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return Result("", rps, _wrk_ms(out, "50%"), _wrk_ms(out, "99%"),
-                  errors=int(errors.group(1)) if errors else 0)
+                  errors=int(errors.group(1)) if errors else 0, requests=requests)
 
 
 def _wrk_ms(out: str, percentile: str) -> float:
@@ -125,8 +182,12 @@ def _wrk_ms(out: str, percentile: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def _python_load(url: str, body: str, connections: int, seconds: float) -> Result:
-    """Bounded fallback when wrk is not installed: ``connections`` workers for ``seconds``."""
+def _python_load(url: str, body: str, connections: int, seconds: float,
+                 cpus: frozenset[int] | None = None) -> Result:
+    """Bounded fallback when wrk is not installed: ``connections`` workers for ``seconds``.
+
+    It runs in this process, which ``main`` already pinned to the load CPU, so ``cpus`` is unused.
+    """
 
     async def run() -> Result:
         latencies: list[float] = []
@@ -149,20 +210,23 @@ def _python_load(url: str, body: str, connections: int, seconds: float) -> Resul
             elapsed = time.monotonic() - began
         latencies.sort()
         return Result("", len(latencies) / elapsed, latencies[len(latencies) // 2] * 1000,
-                      latencies[int(len(latencies) * 0.99)] * 1000, errors=errors)
+                      latencies[int(len(latencies) * 0.99)] * 1000, errors=errors,
+                      requests=len(latencies))
 
     return asyncio.run(run())
 
 
 def measure(name: str, url: str, body: str, connections: int, seconds: float,
-            gateway_pid: int | None, provider_pid: int | None = None) -> Result:
+            gateway_pid: int | None, provider_pid: int | None = None, *, warm_up: bool = True,
+            load_cpus: frozenset[int] | None = None) -> Result:
     load = _wrk if shutil.which("wrk") else _python_load
-    load(url, body, connections, 1.0)  # warm up connections and caches
+    if warm_up:
+        load(url, body, connections, 1.0, load_cpus)  # warm up connections and caches
     cpu_before = _cpu_seconds(gateway_pid) if gateway_pid else 0.0
     provider_before = _cpu_seconds(provider_pid) if provider_pid else 0.0
-    result = load(url, body, connections, seconds)
+    result = load(url, body, connections, seconds, load_cpus)
     result.name = name
-    requests = max(1.0, result.rps * seconds)
+    requests = max(1.0, result.requests or result.rps * seconds)
     if gateway_pid:
         result.cpu_us = (_cpu_seconds(gateway_pid) - cpu_before) / requests * 1e6
     if provider_pid:
@@ -170,67 +234,119 @@ def measure(name: str, url: str, body: str, connections: int, seconds: float,
     return result
 
 
+def _rounds(group: str, url: str, model: str, args: argparse.Namespace, gateway_pid: int | None,
+            provider_pid: int, placement: Placement) -> dict[str, list[Result]]:
+    """``args.rounds`` rounds of c16 json, c64 json, sse20 c16, interleaved, so each scenario's
+    windows are spread over the whole group and a round's c16 and c64 run back to back.
+
+    Warm-up (1 s) only before a scenario's first round: later rounds find the processes, the
+    upstream pool and the caches already warm, and wrk's own connects are a few ms of a window;
+    a warm-up per round would add 1 s per window to the run for no measurable gain.
+    """
+    runs: dict[str, list[Result]] = {f"{group:7} {scenario}": [] for scenario, _, _ in SCENARIOS}
+    for round_ in range(args.rounds):
+        for scenario, stream, connections in SCENARIOS:
+            name = f"{group:7} {scenario}"
+            result = measure(name, url, _body(model, stream), connections, args.seconds, gateway_pid,
+                             provider_pid, warm_up=round_ == 0, load_cpus=placement.load)
+            runs[name].append(result)
+            cpu = "" if result.cpu_us is None else f" CPU-µs {result.cpu_us:.0f}"
+            fake = "" if result.provider_cpu_us is None else f" fake CPU-µs {result.provider_cpu_us:.0f}"
+            print(f"  round {round_ + 1}/{args.rounds} {name:22} {result.rps:8.0f} req/s "
+                  f"p50 {result.p50_ms:6.2f} ms p99 {result.p99_ms:7.2f} ms{cpu}{fake}", flush=True)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help="length of one measured window (default 3; see the module docstring)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds per scenario; medians are reported (default 3)")
     parser.add_argument("--transports", default="fast,aiohttp,httpx")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     os.environ["ROUTEGATE_BENCH_KEY"] = "bench"
+    placement = Placement.detect()
+    if placement.load is not None:
+        os.sched_setaffinity(0, placement.load)  # this driver (and the Python load loop) is load side
     fake_port = _free_port()
     fake_url = f"http://127.0.0.1:{fake_port}"
     fake_cmd = [sys.executable, "-m", "bench.fakes", "--kind", "openai", "--port", str(fake_port),
                 "--chunks", "20"]
     print(f"load generator: {'wrk' if shutil.which('wrk') else 'python loop'}; "
-          f"{args.seconds:g}s per scenario; 2 cores shared by load, fake provider and gateway")
-    results: list[Result] = []
-    with _process(fake_cmd, fake_url + "/v1/models") as fake:
-        direct = fake_url + "/v1/chat/completions"
-        for connections in (16, 64):
-            results.append(measure(f"direct  json  c{connections}", direct,
-                                   _body("bench-up", False), connections,
-                                   args.seconds, None, fake.pid))
-        results.append(measure("direct  sse20 c16", direct, _body("bench-up", True), 16,
-                               args.seconds, None, fake.pid))
+          f"{args.seconds:g}s per window, {args.rounds} interleaved rounds, medians reported; "
+          f"{placement.describe()}", flush=True)
+    started = time.monotonic()
+    results: dict[str, list[Result]] = {}
+    with _process(fake_cmd, fake_url + "/v1/models", placement.sut) as fake:
+        results |= _rounds("direct", fake_url + "/v1/chat/completions", "bench-up", args, None,
+                           fake.pid, placement)
+        _repin(fake.pid, placement.load)  # from here on the gateway is the system under test
         for transport in args.transports.split(","):
             config = Path(tempfile.mkdtemp()) / "gateway.toml"
             config.write_text(_config(fake_url, transport))
             port = _free_port()
             gateway_cmd = [sys.executable, "-m", "routegate.middleware.cli", "serve", "--config",
                            str(config), "--port", str(port)]
-            with _process(gateway_cmd, f"http://127.0.0.1:{port}/healthz") as gateway:
-                url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                for connections in (16, 64):
-                    results.append(measure(f"{transport:7} json  c{connections}", url,
-                                           _body("bench", False), connections,
-                                           args.seconds, gateway.pid, fake.pid))
-                results.append(measure(f"{transport:7} sse20 c16", url,
-                                       _body("bench", True), 16, args.seconds, gateway.pid,
-                                       fake.pid))
+            with _process(gateway_cmd, f"http://127.0.0.1:{port}/healthz", placement.sut) as gateway:
+                results |= _rounds(transport, f"http://127.0.0.1:{port}/v1/chat/completions", "bench",
+                                   args, gateway.pid, fake.pid, placement)
     _report(results)
+    print(f"run time {time.monotonic() - started:.0f} s")
     return 0
 
 
-def _report(results: list[Result]) -> None:
-    baseline = {r.name.split()[1] + r.name.split()[2]: r for r in results if r.name.startswith("direct")}
+def _key(name: str) -> str:
+    return name.split()[1] + name.split()[2]
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _report(results: dict[str, list[Result]]) -> None:
+    """Medians over rounds. ``gw/fake`` is the median of per-round ratios (both CPU times come
+    from the same window); ``rps/direct`` and ``added p50`` compare medians, since the direct
+    windows ran at other times."""
+    baseline = {_key(name): runs for name, runs in results.items() if name.startswith("direct")}
     print(f"\n{'scenario':22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} "
-          f"{'rps/direct':>10} {'CPU-µs/req':>11} {'fake CPU-µs':>12} {'gw/fake':>8} {'non-2xx':>8}")
-    for r in results:
-        base = baseline[r.name.split()[1] + r.name.split()[2]]
-        added = "" if r is base else f"{r.p50_ms - base.p50_ms:+.2f}"
-        ratio = "" if r is base else f"{r.rps / base.rps:.2f}"
-        cpu = "" if r.cpu_us is None else f"{r.cpu_us:.0f}"
-        fake = "" if r.provider_cpu_us is None else f"{r.provider_cpu_us:.0f}"
-        per_fake = ("" if r.cpu_us is None or not r.provider_cpu_us
-                    else f"{r.cpu_us / r.provider_cpu_us:.2f}")
-        print(f"{r.name:22} {r.rps:8.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {added:>10} {ratio:>10} "
-              f"{cpu:>11} {fake:>12} {per_fake:>8} {r.errors:8d}")
-    for transport in sorted({r.name.split()[0] for r in results} - {"direct"}):
-        rows = {r.name.split()[1] + r.name.split()[2]: r for r in results
-                if r.name.split()[0] == transport}
+          f"{'rps/direct':>10} {'CPU-µs/req':>11} {'fake CPU-µs':>12} {'gw/fake':>8} {'non-2xx':>8} "
+          f"{'CPU-µs range':>13} {'req/s range':>12}")
+    for name, runs in results.items():
+        base = baseline[_key(name)]
+        rps, p50 = _median([r.rps for r in runs]), _median([r.p50_ms for r in runs])
+        p99 = _median([r.p99_ms for r in runs])
+        base_rps, base_p50 = _median([r.rps for r in base]), _median([r.p50_ms for r in base])
+        added = "" if runs is base else f"{p50 - base_p50:+.2f}"
+        ratio = "" if runs is base else f"{rps / base_rps:.2f}"
+        cpus = [r.cpu_us for r in runs if r.cpu_us is not None]
+        fakes = [r.provider_cpu_us for r in runs if r.provider_cpu_us is not None]
+        cpu = f"{_median(cpus):.0f}" if cpus else ""
+        cpu_range = f"{min(cpus):.0f}–{max(cpus):.0f}" if cpus else ""
+        fake = f"{_median(fakes):.0f}" if fakes else ""
+        per_fake_rounds = [r.cpu_us / r.provider_cpu_us for r in runs
+                           if r.cpu_us is not None and r.provider_cpu_us]
+        per_fake = f"{_median(per_fake_rounds):.2f}" if per_fake_rounds else ""
+        rps_range = f"{min(r.rps for r in runs):.0f}–{max(r.rps for r in runs):.0f}"
+        errors = sum(r.errors for r in runs)
+        print(f"{name:22} {rps:8.0f} {p50:8.2f} {p99:8.2f} {added:>10} {ratio:>10} "
+              f"{cpu:>11} {fake:>12} {per_fake:>8} {errors:8d} {cpu_range:>13} {rps_range:>12}")
+    for group in dict.fromkeys(name.split()[0] for name in results):
+        rows = {_key(name): runs for name, runs in results.items() if name.split()[0] == group}
         if "jsonc16" in rows and "jsonc64" in rows:
-            print(f"{transport}: req/s at 64 connections = "
-                  f"{rows['jsonc64'].rps / rows['jsonc16'].rps:.0%} of 16 "
-                  f"(target >= 90%); targets: <= 400 CPU-µs json, <= 900 sse20, >= 1500 req/s")
+            c16, c64 = rows["jsonc16"], rows["jsonc64"]
+            per_round = [hi.rps / lo.rps for lo, hi in zip(c16, c64, strict=True)]
+            of_medians = _median([r.rps for r in c64]) / _median([r.rps for r in c16])
+            detail = (f"{group}: req/s at 64 connections = {_median(per_round):.0%} of 16 "
+                      f"(median of per-round ratios {', '.join(f'{x:.0%}' for x in per_round)}; "
+                      f"ratio of medians {of_medians:.0%})")
+            if group == "direct":
+                print(detail + " (reference: the fake alone)")
+            else:
+                print(detail + " (target >= 90%); targets: <= 400 CPU-µs json, <= 900 sse20, "
+                      ">= 1500 req/s")
 
 
 if __name__ == "__main__":
