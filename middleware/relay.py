@@ -52,6 +52,14 @@ class PoolModel:
     provider: ProviderConfig
     adapter: ProviderAdapter
     upstream_model: str
+    # this model's x-routegate-model / -provider response headers, encoded once
+    identity_headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.identity_headers:
+            object.__setattr__(self, "identity_headers", (
+                (b"x-routegate-model", self.name.encode()),
+                (b"x-routegate-provider", self.provider_name.encode())))
 
 
 def cost_usd(model: ModelConfig, usage: Usage | None) -> float | None:
@@ -280,12 +288,8 @@ class Relay:
 
     def _headers(self, ctx: RequestContext, pool_model: PoolModel, content_type: bytes,
                  length: int | None, cost: float | None = None) -> list[tuple[bytes, bytes]]:
-        headers = [
-            (b"content-type", content_type),
-            (b"x-routegate-model", pool_model.name.encode()),
-            (b"x-routegate-provider", pool_model.provider_name.encode()),
-            (b"x-request-id", ctx.request_id.encode()),
-        ]
+        headers = [(b"content-type", content_type), *pool_model.identity_headers,
+                   (b"x-request-id", ctx.request_id.encode())]
         if ctx.category:
             headers.append((b"x-routegate-category", ctx.category.encode()))
         if length is not None:

@@ -54,8 +54,8 @@ class _Exchange:
     """One request/response on a connection; outlives the connection's use of it, so a body
     received in full stays readable after the connection went back to the pool."""
 
-    __slots__ = ("buffered", "complete", "error", "headers", "headers_done", "pieces", "reason",
-                 "received", "status", "until_eof", "waiter")
+    __slots__ = ("buffered", "complete", "encoded", "error", "headers", "headers_done", "pieces",
+                 "reason", "received", "status", "until_eof", "waiter")
 
     def __init__(self) -> None:
         self.status = 0
@@ -63,6 +63,7 @@ class _Exchange:
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
         self.until_eof = False  # neither content-length nor chunked: the body ends with the socket
+        self.encoded = False  # a content-encoding header came: httpx must decode the body
         self.pieces: list[bytes] = []
         self.buffered = 0
         self.received = False  # any response byte arrived
@@ -179,7 +180,8 @@ class _Connection(asyncio.Protocol):
             if lowered == b"content-length" or (lowered == b"transfer-encoding"
                                                 and b"chunked" in value.lower()):
                 framed = True
-                break
+            elif lowered == b"content-encoding":
+                exchange.encoded = True
         exchange.until_eof = (not framed and self._expects_body
                               and exchange.status not in (204, 304))
         exchange.wake()
@@ -351,6 +353,10 @@ class _Body(httpx.AsyncByteStream):
     def __init__(self, connection: _Connection, exchange: _Exchange) -> None:
         self._connection = connection
         self._exchange = exchange
+
+    @property
+    def encoded(self) -> bool:
+        return self._exchange.encoded
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         exchange = self._exchange
@@ -589,7 +595,7 @@ def _encode_request(request: httpx.Request, method: bytes
     stream = request.stream
     body: bytes | httpx.AsyncByteStream | None
     if isinstance(stream, httpx.ByteStream):
-        body = request.content  # read at construction for bytes content
+        body = b"".join(stream)  # bytes content: one piece (the join hands it back as is)
     elif isinstance(stream, httpx.AsyncByteStream):
         body = stream
     else:
@@ -623,7 +629,7 @@ async def send_upstream(client: httpx.AsyncClient, request: httpx.Request, *,
     if not stream:
         try:
             body = response.stream
-            if isinstance(body, _Body) and "content-encoding" not in response.headers:
+            if isinstance(body, _Body) and not body.encoded:
                 # What aread() leaves behind, without its (identity) decoder and chunker
                 # layers: ~20 µs less per request.
                 response._content = await body.read()

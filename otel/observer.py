@@ -153,10 +153,11 @@ class TelemetryObserver:
                 a.RG_FALLBACK_REASON: _error_type(previous) or "unknown",
             }, timestamp=self._ns(attempt.started_at))
         if self._capture_content:
-            try:
-                messages = _input_messages(request.content)
-            except httpx.RequestNotRead:  # a streamed upstream body: nothing to read here
-                messages = None
+            # A bytes body (adapters leave it unread: nobody else needs a copy) is read here;
+            # a streamed upstream body cannot be, so it is left out.
+            stream = request.stream
+            messages = (_input_messages(request.read()) if isinstance(stream, httpx.ByteStream)
+                        else None)
             if messages is not None:
                 attrs[a.GEN_AI_INPUT_MESSAGES] = messages
         span = self._tracer.start_span(f"chat {attempt.upstream_model}", context=spans.context,

@@ -59,10 +59,8 @@ class OpenAIAdapter:
         if request.stream:
             fields["stream_options"] = _STREAM_OPTIONS
         body = _encode(fields)
-        upstream = httpx.Request("POST", self._url, stream=httpx.ByteStream(body),
-                                 headers=[*self._raw_headers, (b"content-length", b"%d" % len(body))])
-        upstream.read()  # the body is known: keep ``upstream.content`` readable, as content= would
-        return upstream
+        return httpx.Request("POST", self._url, stream=httpx.ByteStream(body),
+                             headers=[*self._raw_headers, (b"content-length", b"%d" % len(body))])
 
     def judge_error(self, status: int, body: bytes, headers: httpx.Headers) -> UpstreamFailure:
         return judge_openai_error(status, body, headers)
