@@ -14,9 +14,9 @@ on 0; gateway: gateway on 1, fake + wrk on 0; one fake process, re-pinned in bet
 Rounds: this VM's CPU speed drifts ±15% between windows of a few seconds, so one window never
 decides a number: each transport runs ``--rounds`` interleaved rounds of its three scenarios
 and the table shows medians with the min–max spread. 3 s windows keep the default full run
-(4 scenario groups x 3 scenarios x 3 rounds) near 2 minutes; more rounds beat longer windows.
+(4 scenario groups x 3 scenarios x 5 rounds) near 3.5 minutes; more rounds beat longer windows.
 
-    python -m bench.gateway_bench [--seconds 3] [--rounds 3] [--transports fast,aiohttp,httpx]
+    python -m bench.gateway_bench [--seconds 3] [--rounds 5] [--transports fast,aiohttp,httpx]
 
 Transports: ``fast`` (routegate's own, middleware/transport.py, the default), ``aiohttp``
 (httpx-aiohttp), ``httpx`` (httpx's default, httpcore).
@@ -261,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0,
                         help="length of one measured window (default 3; see the module docstring)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved rounds per scenario; medians are reported (default 3)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds per scenario; medians are reported (default 5)")
     parser.add_argument("--transports", default="fast,aiohttp,httpx")
     args = parser.parse_args(argv)
     if args.rounds < 1:
