@@ -20,6 +20,7 @@ import msgspec
 
 from routegate.middleware.asgi_types import Receive, Send
 from routegate.middleware.config import GatewayConfig, ModelConfig, ProviderConfig
+from routegate.middleware.disconnect import DisconnectWatch, uncancel
 from routegate.middleware.errors import AllAttemptsFailed, GatewayError, UpstreamRejected
 from routegate.middleware.observe import AttemptInfo, Observers, RequestContext, RequestOutcome
 from routegate.middleware.providers.base import (
@@ -82,7 +83,31 @@ class Relay:
 
     async def run(self, ctx: RequestContext, request: ClientRequest, models: tuple[str, ...],
                   send: Send, receive: Receive) -> RequestOutcome:
-        """Answer the request from the first model that works; raise GatewayError otherwise."""
+        """Answer the request from the first model that works; raise GatewayError otherwise.
+        A client that leaves while it waits closes the upstream request at once (499)."""
+        watch = DisconnectWatch(receive)
+        watch.start_later()
+        try:
+            return await self._run(ctx, request, models, send, watch)
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+            uncancel()
+            return self._client_left(ctx)
+        finally:
+            watch.stop()
+
+    def _client_left(self, ctx: RequestContext) -> RequestOutcome:
+        attempt = ctx.attempts[-1] if ctx.attempts else None
+        if attempt is not None and not attempt.ended_at:  # cut short while waiting for it
+            attempt.ended_at = time.perf_counter()
+            attempt.client_disconnected = True
+            self._observers.on_attempt_end(ctx, attempt)
+        log.info("client left request %s before its answer", ctx.request_id)
+        return RequestOutcome(499, "disconnected", attempt.model if attempt else None)
+
+    async def _run(self, ctx: RequestContext, request: ClientRequest, models: tuple[str, ...],
+                   send: Send, watch: DisconnectWatch) -> RequestOutcome:
         retry = self._config.retry
         deadline = ctx.started_at + self._config.server.request_timeout_s
         failures: list[tuple[str, UpstreamFailure]] = []
@@ -114,7 +139,7 @@ class Relay:
                                   started_at=time.perf_counter())
             ctx.attempts.append(attempt)
             mark = tape.mark() if tape is not None else 0
-            failure = await self._attempt(ctx, attempt, pool_model, request, remaining, send, receive)
+            failure = await self._attempt(ctx, attempt, pool_model, request, remaining, send, watch)
             attempt.ended_at = time.perf_counter()
             if failure is None:
                 await self._estimate_usage(attempt, pool_model, request, tape, mark)
@@ -122,7 +147,7 @@ class Relay:
                 if (attempt.error_after_first_byte and not attempt.client_disconnected
                         and self._recovering(request) and tape is not None):
                     return await self._recover(ctx, request, models[position + 1:], attempt,
-                                               tape, send, receive)
+                                               tape, send, watch)
                 if attempt.client_disconnected:
                     return RequestOutcome(499, "disconnected", pool_model.name)
                 if attempt.error_after_first_byte:
@@ -167,13 +192,14 @@ class Relay:
 
     async def _recover(self, ctx: RequestContext, request: ClientRequest,
                        candidates: tuple[str, ...], broken: AttemptInfo, tape: OutputTape,
-                       send: Send, receive: Receive) -> RequestOutcome:
+                       send: Send, watch: DisconnectWatch) -> RequestOutcome:
         """Finish a stream that broke after content started on the next candidates, spliced
         into the same client stream; the in-band error if that is not possible."""
         failed = RequestOutcome(200, "error", broken.model, "stream_interrupted")
         output = tape.output()
         error = broken.error_after_first_byte or "stream interrupted"
         if output.tool_calls or output.finished or ctx.recoveries >= self._recovery.max_splices:
+            watch.stop()  # before the last message: see DisconnectWatch
             await send({"type": "http.response.body", "body": _sse_error(error), "more_body": False})
             return failed
         ctx.recoveries += 1
@@ -188,9 +214,10 @@ class Relay:
             ctx.attempts.append(attempt)
             mark = tape.mark()
             splicer = Splicer(send, output.text)
+            watch.start()  # the client waits for the continuation: a stream, so watch now
             timeouts = pool_model.provider.timeouts
             failure = await self._attempt(ctx, attempt, pool_model, continuation,
-                                          timeouts.first_token_s, splicer, receive)
+                                          timeouts.first_token_s, splicer, watch)
             attempt.ended_at = time.perf_counter()
             attempt.failure = failure
             if failure is None:
@@ -205,8 +232,9 @@ class Relay:
             if attempt.error_after_first_byte:
                 await splicer.release()
                 return await self._recover(ctx, request, candidates[position + 1:], attempt,
-                                           tape, send, receive)
+                                           tape, send, watch)
             return RequestOutcome(200, "success", name)
+        watch.stop()
         await send({"type": "http.response.body", "body": _sse_error(error), "more_body": False})
         return failed
 
@@ -230,7 +258,7 @@ class Relay:
 
     async def _attempt(self, ctx: RequestContext, attempt: AttemptInfo, pool_model: PoolModel,
                        request: ClientRequest, remaining: float, send: Send,
-                       receive: Receive) -> UpstreamFailure | None:
+                       watch: DisconnectWatch) -> UpstreamFailure | None:
         upstream = pool_model.adapter.build_request(self._client, request, pool_model.config,
                                                     pool_model.upstream_model)
         timeouts = pool_model.provider.timeouts
@@ -241,13 +269,13 @@ class Relay:
             self._observers.on_attempt_start(ctx, attempt, upstream)
         if request.stream:
             return await self._stream(ctx, attempt, pool_model, request, upstream,
-                                      min(timeouts.first_token_s, remaining), send, receive)
+                                      min(timeouts.first_token_s, remaining), send, watch)
         return await self._whole(ctx, attempt, pool_model, request, upstream,
-                                 min(timeouts.total_s, remaining), send)
+                                 min(timeouts.total_s, remaining), send, watch)
 
     async def _whole(self, ctx: RequestContext, attempt: AttemptInfo, pool_model: PoolModel,
                      request: ClientRequest, upstream: httpx.Request, limit: float,
-                     send: Send) -> UpstreamFailure | None:
+                     send: Send, watch: DisconnectWatch) -> UpstreamFailure | None:
         try:
             async with asyncio.timeout(limit):
                 response = await send_upstream(self._client, upstream)
@@ -273,6 +301,7 @@ class Relay:
                 body, usage = filled
         self._settle(attempt, pool_model, usage, answer.response_model, answer.finish_reasons)
         attempt.committed = True
+        watch.stop()  # before the answer goes out: see DisconnectWatch
         await send({"type": "http.response.start", "status": 200,
                     "headers": self._headers(ctx, pool_model, b"application/json",
                                              len(body), attempt.cost_usd)})
@@ -303,7 +332,7 @@ class Relay:
 
     async def _stream(self, ctx: RequestContext, attempt: AttemptInfo, pool_model: PoolModel,
                       request: ClientRequest, upstream: httpx.Request, first_token_limit: float,
-                      send: Send, receive: Receive) -> UpstreamFailure | None:
+                      send: Send, watch: DisconnectWatch) -> UpstreamFailure | None:
         translator = pool_model.adapter.stream_translator(request)
         response: httpx.Response | None = None
         chunks: AsyncIterator[bytes] | None = None
@@ -330,6 +359,10 @@ class Relay:
             failure = UpstreamFailure("malformed", "stream ended before its first event")
         except MalformedUpstream as exc:
             failure = UpstreamFailure("malformed", f"malformed stream ({exc})"[:200])
+        except asyncio.CancelledError:  # the client left (or the server stops): close upstream
+            if response is not None:
+                await response.aclose()
+            raise
         if failure is not None or response is None or chunks is None:
             if response is not None:
                 await response.aclose()
@@ -339,18 +372,18 @@ class Relay:
         await send({"type": "http.response.start", "status": 200,
                     "headers": self._headers(ctx, pool_model, b"text/event-stream", None)})
         await self._relay_stream(attempt, pool_model, translator, response, chunks, first,
-                                 send, receive)
+                                 send, watch)
         return None
 
     async def _relay_stream(self, attempt: AttemptInfo, pool_model: PoolModel,
                             translator: StreamTranslator, response: httpx.Response,
                             chunks: AsyncIterator[bytes], first: bytes, send: Send,
-                            receive: Receive) -> None:
+                            watch: DisconnectWatch) -> None:
         """Forward each event as it completes; watch the client so a disconnect stops paying."""
         timeouts = pool_model.provider.timeouts
         loop = asyncio.get_running_loop()
         stream_end = loop.time() + timeouts.total_s - (time.perf_counter() - attempt.started_at)
-        watch = _DisconnectWatch(receive)
+        watch.start()
         error: str | None = None
         try:
             try:
@@ -372,7 +405,7 @@ class Relay:
         except asyncio.CancelledError:
             if not watch.disconnected:
                 raise
-            _uncancel()
+            uncancel()
             attempt.client_disconnected = True
             await response.aclose()
         self._settle(attempt, pool_model, translator.usage, translator.response_model,
@@ -388,36 +421,6 @@ class Relay:
                 return  # run() continues the answer elsewhere, or ends it with the error
             tail = _sse_error(error)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
-
-
-class _DisconnectWatch:
-    """Cancels the relaying task the moment the client disconnects (one task per stream,
-    not one per chunk); ``disconnected`` tells that cancellation apart from any other."""
-
-    __slots__ = ("_target", "_task", "disconnected")
-
-    def __init__(self, receive: Receive) -> None:
-        self.disconnected = False
-        self._target = asyncio.current_task()
-        self._task = asyncio.create_task(self._watch(receive))
-
-    async def _watch(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
-                if self._target is not None:
-                    self._target.cancel()
-                return
-
-    def stop(self) -> None:
-        self._task.cancel()
-
-
-def _uncancel() -> None:
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
 
 
 async def _read_limited(response: httpx.Response) -> bytes:
