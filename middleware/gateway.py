@@ -21,9 +21,10 @@ from routegate.middleware.config import ConfigError, GatewayConfig
 from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from routegate.middleware.local import LocalModelServer
 from routegate.middleware.observe import Observers, RequestContext, RequestOutcome
+from routegate.middleware.pool import PoolModel
 from routegate.middleware.providers import build_adapter
 from routegate.middleware.providers.base import ClientRequest, ProviderAdapter
-from routegate.middleware.relay import PoolModel, Relay
+from routegate.middleware.relay import Relay
 from routegate.middleware.routing import AUTO_MODELS, Plan, RouteView, plan_route
 from routegate.middleware.transport import FastTransport
 from routegate.middleware.wire.openai import ChatRequest, message_text

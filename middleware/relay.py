@@ -13,20 +13,19 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import httpx
 import msgspec
 
 from routegate.middleware.asgi_types import Receive, Send
-from routegate.middleware.config import GatewayConfig, ModelConfig, ProviderConfig
+from routegate.middleware.config import GatewayConfig
 from routegate.middleware.disconnect import DisconnectWatch, uncancel
 from routegate.middleware.errors import AllAttemptsFailed, GatewayError, UpstreamRejected
 from routegate.middleware.observe import AttemptInfo, Observers, RequestContext, RequestOutcome
+from routegate.middleware.pool import PoolModel, cost_usd
 from routegate.middleware.providers.base import (
     ClientRequest,
     MalformedUpstream,
-    ProviderAdapter,
     StreamTranslator,
     UpstreamFailure,
 )
@@ -35,39 +34,12 @@ from routegate.middleware.tokens import TokenEstimator, UsageFiller, with_estima
 from routegate.middleware.transport import raw_chunks, send_upstream
 from routegate.middleware.wire.openai import Usage
 
-__all__ = ["PoolModel", "Relay", "cost_usd"]
+__all__ = ["Relay"]
 
 log = logging.getLogger("routegate")
 _ERROR_BODY_LIMIT = 64 * 1024
 _RESET_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
-@dataclass(frozen=True, slots=True)
-class PoolModel:
-    """A pool model with everything needed to call it."""
-
-    name: str
-    config: ModelConfig
-    provider_name: str
-    provider: ProviderConfig
-    adapter: ProviderAdapter
-    upstream_model: str
-    # this model's x-routegate-model / -provider response headers, encoded once
-    identity_headers: tuple[tuple[bytes, bytes], ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.identity_headers:
-            object.__setattr__(self, "identity_headers", (
-                (b"x-routegate-model", self.name.encode()),
-                (b"x-routegate-provider", self.provider_name.encode())))
-
-
-def cost_usd(model: ModelConfig, usage: Usage | None) -> float | None:
-    if usage is None:
-        return None
-    return (usage.prompt_tokens * model.input_usd_per_mtok
-            + usage.completion_tokens * model.output_usd_per_mtok) / 1_000_000
 
 
 class Relay:
