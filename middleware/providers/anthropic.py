@@ -20,6 +20,7 @@ from routegate.middleware.providers.base import (
     UpstreamFailure,
     retry_after_seconds,
 )
+from routegate.middleware.providers.translated import TranslatedStream
 from routegate.middleware.wire.anthropic import (
     FINISH_REASONS,
     AnthropicError,
@@ -29,8 +30,7 @@ from routegate.middleware.wire.anthropic import (
     to_anthropic_request,
 )
 from routegate.middleware.wire.openai import Usage
-from routegate.middleware.wire.openai_messages import DONE, ChunkWriter, completion_body
-from routegate.middleware.wire.sse import SSEFramer, event_data, split_events
+from routegate.middleware.wire.openai_messages import DONE, completion_body
 
 __all__ = ["DEFAULT_ANTHROPIC_VERSION", "AnthropicAdapter", "AnthropicStreamTranslator",
            "judge_anthropic_error"]
@@ -116,55 +116,20 @@ def judge_anthropic_error(status: int, body: bytes, headers: httpx.Headers) -> U
                            retry_after_s=retry_after_seconds(headers) if status == 429 else None)
 
 
-class AnthropicStreamTranslator:
+class AnthropicStreamTranslator(TranslatedStream):
     """Anthropic stream events in, OpenAI chunks out, event by event."""
 
-    __slots__ = (
-        "_chunks",
-        "_content",
-        "_framer",
-        "_include_usage",
-        "_input_tokens",
-        "_output_tokens",
-        "_tools",
-        "done",
-        "error",
-        "finish_reasons",
-        "response_model",
-        "usage",
-    )
+    __slots__ = ("_input_tokens", "_output_tokens", "_tools")
 
     def __init__(self, include_usage: bool) -> None:
-        self._include_usage = include_usage
-        self._framer = SSEFramer()
-        self._chunks = ChunkWriter()
-        self._content = False  # text, a tool call or a stop reason has been produced
+        super().__init__(include_usage)
         self._tools: dict[int, int] = {}  # content block index -> OpenAI tool_calls index
         self._input_tokens = 0
         self._output_tokens = 0
-        self.usage: Usage | None = None
-        self.response_model = ""
-        self.finish_reasons: list[str] = []
-        self.done = False
-        self.error: str | None = None  # an in-band error event ended the stream
-
-    @property
-    def started(self) -> bool:
-        return self._content
-
-    def feed(self, data: bytes) -> bytes:
-        return b"".join(self._translate(event)
-                        for event in split_events(self._framer.feed(data)))
 
     def _translate(self, raw: bytes) -> bytes:
-        data = event_data(raw)
-        if not data:
-            return b""
-        try:
-            event = _event.decode(data)
-        except msgspec.DecodeError as exc:
-            if not self._content:
-                raise MalformedUpstream(f"invalid stream event: {exc}") from exc
+        event = self._decode(raw, _event)
+        if event is None:
             return b""
         kind = event.type
         chunks = self._chunks

@@ -25,6 +25,7 @@ from routegate.middleware.providers.base import (
     UpstreamFailure,
     retry_after_seconds,
 )
+from routegate.middleware.providers.translated import TranslatedStream
 from routegate.middleware.wire.gemini import (
     FINISH_REASONS,
     Candidate,
@@ -33,9 +34,7 @@ from routegate.middleware.wire.gemini import (
     openai_usage,
     to_gemini_request,
 )
-from routegate.middleware.wire.openai import Usage
-from routegate.middleware.wire.openai_messages import DONE, ChunkWriter, completion_body
-from routegate.middleware.wire.sse import SSEFramer, event_data, split_events
+from routegate.middleware.wire.openai_messages import DONE, completion_body
 
 __all__ = ["GeminiAdapter", "GeminiStreamTranslator", "judge_gemini_error"]
 
@@ -164,53 +163,19 @@ def _retry_delay(details: list[dict[str, Any]]) -> float | None:
     return None
 
 
-class GeminiStreamTranslator:
+class GeminiStreamTranslator(TranslatedStream):
     """``streamGenerateContent?alt=sse`` events in, OpenAI chunks out."""
 
-    __slots__ = (
-        "_chunks",
-        "_content",
-        "_framer",
-        "_include_usage",
-        "_preamble",
-        "_tools",
-        "done",
-        "error",
-        "finish_reasons",
-        "response_model",
-        "usage",
-    )
+    __slots__ = ("_preamble", "_tools")
 
     def __init__(self, include_usage: bool) -> None:
-        self._include_usage = include_usage
-        self._framer = SSEFramer()
-        self._chunks = ChunkWriter()
-        self._content = False
+        super().__init__(include_usage)
         self._preamble = False
         self._tools = 0
-        self.usage: Usage | None = None
-        self.response_model = ""
-        self.finish_reasons: list[str] = []
-        self.done = False
-        self.error: str | None = None
-
-    @property
-    def started(self) -> bool:
-        return self._content
-
-    def feed(self, data: bytes) -> bytes:
-        return b"".join(self._translate(event)
-                        for event in split_events(self._framer.feed(data)))
 
     def _translate(self, raw: bytes) -> bytes:
-        data = event_data(raw)
-        if not data:
-            return b""
-        try:
-            event = _response.decode(data)
-        except msgspec.DecodeError as exc:
-            if not self._content:
-                raise MalformedUpstream(f"invalid stream event: {exc}") from exc
+        event = self._decode(raw, _response)
+        if event is None:
             return b""
         if event.error is not None:
             self.error = f"{event.error.status}: {event.error.message}"
