@@ -1,5 +1,5 @@
-"""Adaptive routing's control plane: the extension that wires health, feedback and budgets into
-the gateway, and the operator API under ``/admin``.
+"""The operator API under ``/admin``, over the adaptive extension's state
+(``middleware/adaptive.py``).
 
     GET  /admin/                    the operator dashboard (one static page; data needs the token)
     GET  /admin/stats               per model / provider / category / client numbers
@@ -16,15 +16,13 @@ token is the value of the environment variable named by ``admin.token_env``; wit
 whole ``/admin`` tree does not exist (404). The compare is constant-time.
 """
 
+
 from __future__ import annotations
 
 import asyncio
 import hmac
 import importlib.resources
 import logging
-import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -32,29 +30,26 @@ from urllib.parse import parse_qs
 import msgspec
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
-from routegate.middleware.budgets import ClientLimiter, Reservation, reservation_usd
+from routegate.middleware.budgets import reservation_usd
 from routegate.middleware.config import ConfigError, GatewayConfig, load_config, resolve_config_path
 from routegate.middleware.errors import GatewayError, InvalidRequest, Unauthorized
-from routegate.middleware.feedback import FeedbackStore
 from routegate.middleware.gateway import read_body
-from routegate.middleware.health import WINDOWS, Controls, HealthObserver, HealthRegistry, LiveView
-from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
+from routegate.middleware.health import WINDOWS
+from routegate.middleware.observe import RequestContext, RequestOutcome
 from routegate.middleware.providers.base import ClientRequest
-from routegate.middleware.routing import Candidate, ModelSignal, Override, Plan, plan_route
+from routegate.middleware.routing import Candidate, Override, plan_route
 from routegate.middleware.wire.openai import message_text
 from routegate.sidecar.protocol import Classification
 
 if TYPE_CHECKING:
-    from routegate.middleware.gateway import Gateway
+    from routegate.middleware.adaptive import AdaptiveExtension
 
-_ADMIN_BODY_LIMIT = 1 << 20  # admin bodies are small JSON documents
+__all__ = ["ADMIN_BODY_LIMIT", "AdminApi", "send_json"]
 
-__all__ = ["AdaptiveExtension"]
+ADMIN_BODY_LIMIT = 1 << 20  # admin (and feedback) bodies are small JSON documents
 
 log = logging.getLogger("routegate")
 _json = msgspec.json.Encoder()
-_RESERVATION = "routegate.reservation"
-_PROBES = "routegate.probes"
 
 
 class WeightChange(msgspec.Struct, forbid_unknown_fields=True):
@@ -69,136 +64,19 @@ class WeightChange(msgspec.Struct, forbid_unknown_fields=True):
 _weight_decoder = msgspec.json.Decoder(WeightChange)
 
 
-class _StaticView:
-    """Overrides and disabled models without live health (``adaptive.enabled = false``)."""
+class AdminApi:
+    """The ``/admin`` endpoint; ``token`` is set (or cleared) by the extension from
+    ``admin.token_env`` at start and on every reload."""
 
-    def __init__(self, registry: HealthRegistry, controls: Controls) -> None:
-        self._registry, self._controls, self._wall = registry, controls, controls.wall()
-
-    def disabled(self, model: str) -> bool:
-        return model in self._controls.disabled
-
-    def signal(self, model: str, category: str | None) -> ModelSignal:
-        return ModelSignal(slo=self._registry.slo(model))
-
-    def override(self, model: str, category: str | None) -> Override | None:
-        return self._controls.lookup(model, category, self._wall)
-
-
-class _Observer(HealthObserver):
     def __init__(self, extension: AdaptiveExtension) -> None:
-        super().__init__(extension.registry)
-        self._extension = extension
+        self.ext = extension
+        self.token: str | None = None
 
-    def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
-        super().on_request_end(ctx, outcome)
-        self._extension.feedback.remember(ctx, outcome)
-        if ctx.category is not None and outcome.model is not None:
-            counts = self._extension.by_category.setdefault(ctx.category, {})
-            counts[outcome.model] = counts.get(outcome.model, 0) + 1
-
-
-class AdaptiveExtension:
-    """Health windows, breakers, traffic shifting, feedback, client budgets and the admin API.
-
-    Installed on every gateway by :func:`routegate.middleware.extensions.default_extensions`.
-    ``clock`` (monotonic) drives windows and breakers, ``wall`` (unix time) expiries and budget
-    days; both are injectable for tests.
-    """
-
-    def __init__(self, *, config_path: str | Path | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time,
-                 environ: Callable[[str], str | None] = os.environ.get) -> None:
-        self._config_path = config_path
-        self._clock, self._wall, self._environ = clock, wall, environ
-        self._gateway: Gateway | None = None
-        self._token: str | None = None
-        self.by_category: dict[str, dict[str, int]] = {}
-        self.reloaded_at: float | None = None
-        self.started_at = wall()
-        self._reconfiguring: asyncio.Task[None] | None = None  # sidecar re-learning routes
-
-    # -- lifecycle -------------------------------------------------------------------------
-    @property
-    def gateway(self) -> Gateway:
-        assert self._gateway is not None, "AdaptiveExtension.start() was not awaited"
-        return self._gateway
-
-    @property
-    def config(self) -> GatewayConfig:
-        return self.gateway.config
-
-    async def start(self, gateway: Gateway) -> None:
-        self._gateway = gateway
-        config = gateway.config
-        self.registry = HealthRegistry(config, self._clock)
-        self.controls = Controls(self._wall)
-        self.limiter = ClientLimiter(config, self._wall)
-        self.feedback = FeedbackStore(self.registry, config.adaptive.feedback_memory)
-        gateway.observers.add(_Observer(self))
-        gateway.policy = self
-        gateway.endpoints[config.server.prefix + "/feedback"] = self._feedback_endpoint
-        self._token = self._read_token(config)
-        self._mount_admin()
-
-    def _mount_admin(self) -> None:
-        """``/admin`` exists only with a token: mounted in a host app, the host's own /admin
-        paths stay the host's."""
-        mounted = any(handler == self._admin_endpoint
-                      for _, handler in self.gateway.prefix_endpoints)
-        if self._token is None:
-            log.info("admin API disabled: admin.token_env is not set or names an empty variable")
-        elif not mounted:
-            self.gateway.prefix_endpoints.append(("/admin", self._admin_endpoint))
-
-    async def stop(self) -> None:
-        pass
-
-    def _read_token(self, config: GatewayConfig) -> str | None:
-        name = config.admin.token_env
-        token = self._environ(name) if name else None
-        return token or None
-
-    # -- the gateway's chat policy ---------------------------------------------------------
-    def route_view(self, ctx: RequestContext) -> LiveView | _StaticView:
-        if self.config.adaptive.enabled:
-            return LiveView(self.registry, self.controls)
-        return _StaticView(self.registry, self.controls)
-
-    def admit(self, ctx: RequestContext, request: ClientRequest, plan: Plan) -> None:
-        """Authenticate the client key and reserve budget (401/429), claim breaker probes."""
-        client = self.limiter.authenticate(ctx.headers)
-        if client is not None:
-            models = [self.config.models[name] for name in plan.models]
-            ctx.state[_RESERVATION] = self.limiter.admit(client, reservation_usd(request, models))
-        if plan.probes:
-            self.registry.claim_probes(ctx.request_id, plan.probes)
-            ctx.state[_PROBES] = True
-
-    def settle(self, ctx: RequestContext) -> None:
-        if ctx.state.pop(_PROBES, False):
-            self.registry.release_probes(ctx.request_id)
-        reservation: Reservation | None = ctx.state.pop(_RESERVATION, None)
-        if reservation is not None:
-            self.limiter.settle(reservation, _request_cost(ctx.attempts))
-
-    # -- POST {prefix}/feedback --------------------------------------------------------------
-    async def _feedback_endpoint(self, scope: Scope, ctx: RequestContext, receive: Receive,
-                                 send: Send) -> RequestOutcome:
-        if scope["method"] != "POST":
-            raise GatewayError("Use POST for this endpoint", status=405, code="method_not_allowed")
-        self.limiter.authenticate(ctx.headers)
-        body = await read_body(receive, _ADMIN_BODY_LIMIT)
-        result = self.feedback.apply(body, self.config.categories)
-        await _send_json(send, 200, result)
-        return RequestOutcome(200, "success")
-
-    # -- /admin ------------------------------------------------------------------------------
-    async def _admin_endpoint(self, scope: Scope, ctx: RequestContext, receive: Receive,
+    async def endpoint(self, scope: Scope, ctx: RequestContext, receive: Receive,
                               send: Send) -> RequestOutcome:
+        ext = self.ext
         path, method = scope["path"].rstrip("/"), scope["method"]
-        if self._token is None:
+        if self.token is None:
             raise GatewayError(f"No route for {method} {scope['path']}", status=404,
                                code="not_found")
         if path == "/admin" and method == "GET":
@@ -213,17 +91,17 @@ class AdaptiveExtension:
         elif route == ("GET", "weights"):
             result = self.weights()
         elif route == ("PUT", "weights"):
-            result = self.put_weight(await read_body(receive, _ADMIN_BODY_LIMIT))
+            result = self.put_weight(await read_body(receive, ADMIN_BODY_LIMIT))
         elif route == ("DELETE", "weights"):
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             model = query.get("model", [""])[0]
             category = query.get("category", ["*"])[0]
-            result = {"cleared": self.controls.clear(model, category), **self.weights()}
+            result = {"cleared": ext.controls.clear(model, category), **self.weights()}
         elif method == "POST" and len(parts) == 3 and parts[0] == "models" and parts[2] in (
                 "enable", "disable"):
             result = self.set_enabled(parts[1], parts[2] == "enable")
         elif method == "POST" and len(parts) == 3 and parts[0] == "breakers" and parts[2] == "reset":
-            breaker = self.registry.breakers.get(parts[1])
+            breaker = ext.registry.breakers.get(parts[1])
             if breaker is None:
                 raise _unknown_model(parts[1])
             breaker.reset()
@@ -231,25 +109,26 @@ class AdaptiveExtension:
         elif route == ("POST", "reload"):
             result = self.reload()
         elif route == ("POST", "explain"):
-            result = await self.explain(await self.gateway.read_chat_request(scope, receive))
+            result = await self.explain(await ext.gateway.read_chat_request(scope, receive))
         else:
             raise GatewayError(f"No admin route for {method} {scope['path']}", status=404,
                                code="not_found")
-        await _send_json(send, 200, result)
+        await send_json(send, 200, result)
         return RequestOutcome(200, "success")
 
     def _check_token(self, headers: dict[str, str]) -> None:
-        assert self._token is not None
+        assert self.token is not None
         scheme, _, given = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:
             raise Unauthorized("The admin API needs `Authorization: Bearer <admin token>`",
                                headers={"www-authenticate": "Bearer"})
-        if not hmac.compare_digest(given.strip().encode(), self._token.encode()):
+        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
             raise Unauthorized("Invalid admin token", headers={"www-authenticate": "Bearer"})
 
-    # -- operations (also used directly by tests and the audit) ------------------------------
+    # -- operations ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        config, registry = self.config, self.registry
+        ext = self.ext
+        config, registry = ext.config, ext.registry
         now = registry.clock()
         models: dict[str, Any] = {}
         for name, model in config.models.items():
@@ -259,8 +138,8 @@ class AdaptiveExtension:
                 continue
             models[name] = {
                 "provider": model.provider,
-                "available": name in self.gateway.available,
-                "disabled": name in self.controls.disabled,
+                "available": name in ext.gateway.available,
+                "disabled": name in ext.controls.disabled,
                 "price_usd_per_mtok": {"input": model.input_usd_per_mtok,
                                        "output": model.output_usd_per_mtok},
                 "breaker": {"state": breaker.state(now), "reason": breaker.reason,
@@ -277,34 +156,32 @@ class AdaptiveExtension:
                                         for label in WINDOWS}}
                      for name, t in registry.providers.items()}
         categories: dict[str, Any] = {}
-        view = self.route_view_for_explain()
+        view = ext.route_view()
         for category in config.categories:
-            plan = plan_route("auto", _certain(category), config, self.gateway.available, view)
+            plan = plan_route("auto", _certain(category), config, ext.gateway.available, view)
             categories[category] = {"plan": [_candidate(c) for c in plan.candidates],
-                                    "served": self.by_category.get(category, {})}
+                                    "served": ext.by_category.get(category, {})}
         return {"windows": list(WINDOWS), "decision_window_s": config.adaptive.decision_window_s,
-                "adaptive": config.adaptive.enabled, "uptime_s": round(self._wall() - self.started_at, 3),
-                "reloaded_at": self.reloaded_at, "models": models, "providers": providers,
-                "categories": categories, "clients": self.limiter.stats(),
-                "feedback_received": self.feedback.received, **self.weights()}
-
-    def route_view_for_explain(self) -> LiveView | _StaticView:
-        return self.route_view(_NO_CTX)
+                "adaptive": config.adaptive.enabled,
+                "uptime_s": round(ext.wall() - ext.started_at, 3),
+                "reloaded_at": ext.reloaded_at, "models": models, "providers": providers,
+                "categories": categories, "clients": ext.limiter.stats(),
+                "feedback_received": ext.feedback.received, **self.weights()}
 
     def weights(self) -> dict[str, Any]:
         return {"overrides": [{"model": m, "category": c, "weight": o.weight, "pin": o.pin,
                                "expires_at": o.expires_at}
-                              for (m, c), o in sorted(self.controls.active().items())],
-                "disabled": sorted(self.controls.disabled)}
+                              for (m, c), o in sorted(self.ext.controls.active().items())],
+                "disabled": sorted(self.ext.controls.disabled)}
 
     def put_weight(self, body: bytes) -> dict[str, Any]:
         try:
             change = _weight_decoder.decode(body)
         except msgspec.DecodeError as exc:
             raise InvalidRequest(f"Invalid weight change: {exc}") from exc
-        if change.model not in self.config.models:
+        if change.model not in self.ext.config.models:
             raise _unknown_model(change.model)
-        if change.category != "*" and change.category not in self.config.categories:
+        if change.category != "*" and change.category not in self.ext.config.categories:
             raise InvalidRequest(f"Unknown category `{change.category}`", param="category")
         if change.weight is not None and not 0.0 <= change.weight <= 100.0:
             raise InvalidRequest("`weight` must be within 0..100", param="weight")
@@ -312,27 +189,27 @@ class AdaptiveExtension:
         if change.ttl_s is not None:
             if change.ttl_s <= 0:
                 raise InvalidRequest("`ttl_s` must be positive", param="ttl_s")
-            expires = self._wall() + change.ttl_s
+            expires = self.ext.wall() + change.ttl_s
         if change.weight is None and not change.pin:
-            self.controls.clear(change.model, change.category)
+            self.ext.controls.clear(change.model, change.category)
         else:
-            self.controls.set(change.model, change.category,
-                              Override(change.weight, change.pin, expires))
+            self.ext.controls.set(change.model, change.category,
+                                  Override(change.weight, change.pin, expires))
         return self.weights()
 
     def set_enabled(self, model: str, enabled: bool) -> dict[str, Any]:
-        if model not in self.config.models:
+        if model not in self.ext.config.models:
             raise _unknown_model(model)
         if enabled:
-            self.controls.disabled.discard(model)
+            self.ext.controls.disabled.discard(model)
         else:
-            self.controls.disabled.add(model)
+            self.ext.controls.disabled.add(model)
         return self.weights()
 
     def reload(self) -> dict[str, Any]:
         """Re-read the config file and swap it in between two requests; an invalid file (or one
         needing a restart) is rejected with its error and the running config stays."""
-        path = Path(self._config_path or self.config.admin.config_path
+        path = Path(self.ext.config_path or self.ext.config.admin.config_path
                     or resolve_config_path(None))
         try:
             config = load_config(path)
@@ -340,16 +217,17 @@ class AdaptiveExtension:
         except ConfigError as exc:
             raise InvalidRequest(f"Reload rejected, running config kept: {exc}",
                                  code="invalid_config") from exc
-        self.reloaded_at = self._wall()
+        self.ext.reloaded_at = self.ext.wall()
         log.info("config reloaded from %s", path)
         return {"reloaded": True, "path": str(path), "models": sorted(config.models),
-                "available": sorted(self.gateway.available)}
+                "available": sorted(self.ext.gateway.available)}
 
     def _swap(self, config: GatewayConfig) -> None:
         """Everything is built first; the assignments at the end run without an await between
         them, so a request sees either the old config or the new one, never a mix. Requests in
         flight finish on the relay they started with."""
-        gw = self.gateway
+        ext = self.ext
+        gw = ext.gateway
         old = gw.config
         if config.server.prefix != old.server.prefix:
             raise ConfigError("server.prefix: changing it needs a restart")
@@ -362,14 +240,13 @@ class AdaptiveExtension:
             gw.classifier = HeuristicClassifier(config.categories,
                                                 config.classifier.default_category)
         elif isinstance(gw.classifier, SidecarClassifier):  # re-teach the routes' examples
-            self._reconfiguring = asyncio.get_running_loop().create_task(
+            ext.reconfiguring = asyncio.get_running_loop().create_task(
                 gw.classifier.reconfigure(route_specs(config.routes, config.categories)))
-        self.registry.configure(config)
-        self.limiter.configure(config)
-        self.feedback.capacity = max(1, config.adaptive.feedback_memory)
-        self.controls.disabled &= set(config.models)
-        self._token = self._read_token(config)
-        self._mount_admin()
+        ext.registry.configure(config)
+        ext.limiter.configure(config)
+        ext.feedback.capacity = max(1, config.adaptive.feedback_memory)
+        ext.controls.disabled &= set(config.models)
+        ext.configure_admin(config)
 
     async def explain(self, request: ClientRequest) -> dict[str, Any]:
         """Classify and plan one request without sending it (no probe claimed, no budget)."""
@@ -377,11 +254,11 @@ class AdaptiveExtension:
         from routegate.middleware.routing import AUTO_MODELS
 
         if request.chat.model in AUTO_MODELS:
-            classification = await self.gateway.classifier.classify(
+            classification = await self.ext.gateway.classifier.classify(
                 message_text(request.chat.messages))
-        plan = plan_route(request.chat.model, classification, self.config,
-                          self.gateway.available, self.route_view_for_explain())
-        models = [self.config.models[name] for name in plan.models]
+        plan = plan_route(request.chat.model, classification, self.ext.config,
+                          self.ext.gateway.available, self.ext.route_view())
+        models = [self.ext.config.models[name] for name in plan.models]
         return {
             "requested_model": request.chat.model,
             "classification": None if classification is None else msgspec.to_builtins(classification),
@@ -390,9 +267,6 @@ class AdaptiveExtension:
             "candidates": [_candidate(c) for c in plan.candidates],
             "max_cost_usd": round(reservation_usd(request, models), 10),
         }
-
-
-_NO_CTX = RequestContext(request_id="explain", path="", headers={}, started_at=0.0)
 
 
 def _certain(category: str) -> Classification:
@@ -410,21 +284,9 @@ def _unknown_model(name: str) -> GatewayError:
                         code="model_not_found")
 
 
-def _request_cost(attempts: list[AttemptInfo]) -> float | None:
-    """What the request cost; None (charge the reservation) when an answer's usage is unknown."""
-    total = 0.0
-    for attempt in attempts:
-        if attempt.cost_usd is not None:
-            total += attempt.cost_usd
-        elif attempt.committed:
-            return None
-    return total
-
-
 def _dashboard() -> bytes:
     return importlib.resources.files("routegate.middleware").joinpath(
         "dashboard.html").read_bytes()
-
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> None:
@@ -435,5 +297,5 @@ async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> No
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _send_json(send: Send, status: int, value: Any) -> None:
+async def send_json(send: Send, status: int, value: Any) -> None:
     await _send(send, status, _json.encode(value), b"application/json")

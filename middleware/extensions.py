@@ -17,6 +17,6 @@ def default_extensions(config: GatewayConfig) -> list[Extension]:
     extensions.append(TelemetryExtension(config.telemetry))
     from routegate.middleware.ingress_anthropic import AnthropicIngress  # POST {prefix}/messages
     extensions.append(AnthropicIngress())
-    from routegate.middleware.admin import AdaptiveExtension  # health, budgets, feedback, /admin
+    from routegate.middleware.adaptive import AdaptiveExtension  # health, budgets, feedback, /admin
     extensions.append(AdaptiveExtension())
     return extensions

@@ -1,0 +1,170 @@
+"""Adaptive routing: the extension that wires health windows, breakers, traffic shifting,
+feedback and client budgets into the gateway (its chat policy and observer), and mounts the
+operator API (``middleware/admin.py``) when an admin token is configured.
+
+    POST {prefix}/feedback   {"request_id": "...", "score": 0.0}   (see middleware/feedback.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from routegate.middleware.admin import ADMIN_BODY_LIMIT, AdminApi, send_json
+from routegate.middleware.asgi_types import Receive, Scope, Send
+from routegate.middleware.budgets import ClientLimiter, Reservation, reservation_usd
+from routegate.middleware.config import GatewayConfig
+from routegate.middleware.errors import GatewayError
+from routegate.middleware.feedback import FeedbackStore
+from routegate.middleware.gateway import read_body
+from routegate.middleware.health import Controls, HealthObserver, HealthRegistry, LiveView
+from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
+from routegate.middleware.providers.base import ClientRequest
+from routegate.middleware.routing import ModelSignal, Override, Plan
+
+if TYPE_CHECKING:
+    from routegate.middleware.gateway import Gateway
+
+__all__ = ["AdaptiveExtension", "StaticView"]
+
+log = logging.getLogger("routegate")
+_RESERVATION = "routegate.reservation"
+_PROBES = "routegate.probes"
+
+
+class StaticView:
+    """Overrides and disabled models without live health (``adaptive.enabled = false``)."""
+
+    def __init__(self, registry: HealthRegistry, controls: Controls) -> None:
+        self._registry, self._controls, self._wall = registry, controls, controls.wall()
+
+    def disabled(self, model: str) -> bool:
+        return model in self._controls.disabled
+
+    def signal(self, model: str, category: str | None) -> ModelSignal:
+        return ModelSignal(slo=self._registry.slo(model))
+
+    def override(self, model: str, category: str | None) -> Override | None:
+        return self._controls.lookup(model, category, self._wall)
+
+
+class _Observer(HealthObserver):
+    def __init__(self, extension: AdaptiveExtension) -> None:
+        super().__init__(extension.registry)
+        self._extension = extension
+
+    def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
+        super().on_request_end(ctx, outcome)
+        self._extension.feedback.remember(ctx, outcome)
+        if ctx.category is not None and outcome.model is not None:
+            counts = self._extension.by_category.setdefault(ctx.category, {})
+            counts[outcome.model] = counts.get(outcome.model, 0) + 1
+
+
+class AdaptiveExtension:
+    """Health windows, breakers, traffic shifting, feedback, client budgets and the admin API.
+
+    Installed on every gateway by :func:`routegate.middleware.extensions.default_extensions`.
+    ``clock`` (monotonic) drives windows and breakers, ``wall`` (unix time) expiries and budget
+    days; both are injectable for tests.
+    """
+
+    def __init__(self, *, config_path: str | Path | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 environ: Callable[[str], str | None] = os.environ.get) -> None:
+        self.config_path = config_path
+        self.clock, self.wall, self._environ = clock, wall, environ
+        self._gateway: Gateway | None = None
+        self.by_category: dict[str, dict[str, int]] = {}
+        self.reloaded_at: float | None = None
+        self.started_at = wall()
+        self.reconfiguring: asyncio.Task[None] | None = None  # sidecar re-learning routes
+        self.admin = AdminApi(self)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def gateway(self) -> Gateway:
+        assert self._gateway is not None, "AdaptiveExtension.start() was not awaited"
+        return self._gateway
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.gateway.config
+
+    async def start(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        config = gateway.config
+        self.registry = HealthRegistry(config, self.clock)
+        self.controls = Controls(self.wall)
+        self.limiter = ClientLimiter(config, self.wall)
+        self.feedback = FeedbackStore(self.registry, config.adaptive.feedback_memory)
+        gateway.observers.add(_Observer(self))
+        gateway.policy = self
+        gateway.endpoints[config.server.prefix + "/feedback"] = self._feedback_endpoint
+        self.configure_admin(config)
+
+    def configure_admin(self, config: GatewayConfig) -> None:
+        """``/admin`` exists only with a token: mounted in a host app, the host's own /admin
+        paths stay the host's."""
+        name = config.admin.token_env
+        self.admin.token = (self._environ(name) if name else None) or None
+        mounted = any(handler == self.admin.endpoint
+                      for _, handler in self.gateway.prefix_endpoints)
+        if self.admin.token is None:
+            log.info("admin API disabled: admin.token_env is not set or names an empty variable")
+        elif not mounted:
+            self.gateway.prefix_endpoints.append(("/admin", self.admin.endpoint))
+
+    async def stop(self) -> None:
+        pass
+
+    # -- the gateway's chat policy ---------------------------------------------------------
+    def route_view(self, ctx: RequestContext | None = None) -> LiveView | StaticView:
+        if self.config.adaptive.enabled:
+            return LiveView(self.registry, self.controls)
+        return StaticView(self.registry, self.controls)
+
+    def admit(self, ctx: RequestContext, request: ClientRequest, plan: Plan) -> None:
+        """Authenticate the client key and reserve budget (401/429), claim breaker probes."""
+        client = self.limiter.authenticate(ctx.headers)
+        if client is not None:
+            models = [self.config.models[name] for name in plan.models]
+            ctx.state[_RESERVATION] = self.limiter.admit(client, reservation_usd(request, models))
+        if plan.probes:
+            self.registry.claim_probes(ctx.request_id, plan.probes)
+            ctx.state[_PROBES] = True
+
+    def settle(self, ctx: RequestContext) -> None:
+        if ctx.state.pop(_PROBES, False):
+            self.registry.release_probes(ctx.request_id)
+        reservation: Reservation | None = ctx.state.pop(_RESERVATION, None)
+        if reservation is not None:
+            self.limiter.settle(reservation, _request_cost(ctx.attempts))
+
+    # -- POST {prefix}/feedback --------------------------------------------------------------
+    async def _feedback_endpoint(self, scope: Scope, ctx: RequestContext, receive: Receive,
+                                 send: Send) -> RequestOutcome:
+        if scope["method"] != "POST":
+            raise GatewayError("Use POST for this endpoint", status=405, code="method_not_allowed")
+        self.limiter.authenticate(ctx.headers)
+        body = await read_body(receive, ADMIN_BODY_LIMIT)
+        result = self.feedback.apply(body, self.config.categories)
+        await send_json(send, 200, result)
+        return RequestOutcome(200, "success")
+
+
+def _request_cost(attempts: list[AttemptInfo]) -> float | None:
+    """What the request cost; None (charge the reservation) when an answer's usage is unknown."""
+    total = 0.0
+    for attempt in attempts:
+        if attempt.cost_usd is not None:
+            total += attempt.cost_usd
+        elif attempt.committed:
+            return None
+    return total
