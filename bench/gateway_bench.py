@@ -15,7 +15,8 @@ Rounds: this VM's CPU speed drifts ±15% between windows of a few seconds, so on
 decides a number: each transport runs ``--rounds`` interleaved rounds of its three scenarios
 and the table shows medians with the min–max spread. 3 s windows keep the default full run
 (4 scenario groups x 3 scenarios x 5 rounds) near 3.5 minutes; more rounds beat longer windows.
-The 64-connection ratio gets its own ``--pairs`` of 1 s windows (see ``_paired_scaling``).
+The 64-connection ratio gets its own ``--pairs`` of 1 s windows (see ``_paired_scaling``);
+with them the default full run takes about 5.5 minutes.
 
     python -m bench.gateway_bench [--seconds 3] [--rounds 5] [--pairs 15] [--pair-seconds 1]
                                   [--transports fast,aiohttp,httpx]
@@ -378,6 +379,7 @@ def _report(results: dict[str, list[Result]],
         else:
             print(detail + " (target >= 90%); targets: <= 400 CPU-µs json, <= 900 sse20, "
                   ">= 1500 req/s")
+
 
 if __name__ == "__main__":
     sys.exit(main())
