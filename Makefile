@@ -8,7 +8,7 @@ CONFIG ?= gateway.toml
 # llama-cpp-python compiles llama.cpp from source (~10 min on 2 cores); pip caches the wheel.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench soak clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ test: lint
 
 bench: setup
 	$(PY) -m bench.run
+
+# 30 minutes of mixed load with client keys, budgets, feedback and injected faults (bench/soak.py)
+soak: setup
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf .lint build *.egg-info
