@@ -10,7 +10,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from bench.fakes import FakeProvider, Fault, serve_in_thread
-from tests.conftest import answer_text, pool_config, running_gateway
+from tests.conftest import NO_5XX_RETRY, answer_text, pool_config, running_gateway
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello there"}]
 
@@ -157,7 +157,7 @@ def test_a_persistent_5xx_falls_back_after_exactly_one_retry(
 def test_same_model_5xx_0_moves_on_at_once_and_other_failures_are_not_retried(
         fake_openai: tuple[FakeProvider, str]) -> None:
     fake, fake_url = fake_openai
-    config = pool_config({"a": fake_url}, extra={"retry": {"same_model_5xx": 0}})
+    config = pool_config({"a": fake_url}, extra={"retry": NO_5XX_RETRY})
     with running_gateway(config) as url:
         fake.inject(Fault.status(500), model="cheap-up")
         assert ask(url).headers["x-routegate-model"] == "mid"
