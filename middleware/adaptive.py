@@ -139,9 +139,10 @@ class AdaptiveExtension:
         if client is not None:
             models = [self.config.models[name] for name in plan.models]
             ctx.state[_RESERVATION] = self.limiter.admit(client, reservation_usd(request, models))
-        if plan.probes:
-            self.registry.claim_probes(ctx.request_id, plan.probes)
-            ctx.probes = plan.probes
+        probes = plan.probes
+        if probes:
+            self.registry.claim_probes(ctx.request_id, probes)
+            ctx.probes = probes
 
     def settle(self, ctx: RequestContext) -> None:
         if ctx.probes:

@@ -43,12 +43,16 @@ class Breaker:
     def state(self, now: float) -> BreakerState:
         if not self._open:
             return "closed"
-        return "half_open" if now >= self.opened_at + self.wait_s else "open"
+        return "half_open" if now >= self._probe_at() else "open"
 
     @property
     def next_probe_at(self) -> float | None:
         """When the next probe may start (clock time), None while closed."""
-        return self.opened_at + self.wait_s if self._open else None
+        return self._probe_at() if self._open else None
+
+    def _probe_at(self) -> float:
+        # capped again here: a reload may have shortened cooldown_s while the breaker is open
+        return self.opened_at + min(self.wait_s, self.config.cooldown_s)
 
     def can_probe(self, now: float) -> bool:
         """Half-open and nobody probing yet: the next planned request may try the model."""
@@ -74,7 +78,7 @@ class Breaker:
         config = self.config
         if self._open:
             probe = (self.probe_owner is not None and self.probe_owner == request_id) or (
-                self.probe_owner is None and now >= self.opened_at + self.wait_s)
+                self.probe_owner is None and now >= self._probe_at())
             if probe:  # wait again, twice as long (a request planned before the open: no change)
                 self.opened_at, self.probe_owner, self.reason = now, None, "probe failed"
                 self.wait_s = min(self.wait_s * 2, config.cooldown_s)

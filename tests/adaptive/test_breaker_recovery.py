@@ -109,3 +109,12 @@ def test_a_retried_5xx_is_one_breaker_verdict_and_counts_in_the_windows(
     assert stats.failures == 3 and stats.requests == 4
     assert chat(url, model="cheap").headers["x-routegate-model"] == "mid"
     assert breaker.state(clock.now) == "open"
+
+
+def test_a_reload_that_shortens_the_cooldown_applies_to_an_open_breaker() -> None:
+    breaker = Breaker(BreakerConfig(consecutive_failures=1, cooldown_s=60.0,
+                                    probe_backoff_initial_s=60.0))
+    breaker.record(0.0, False, Window(60.0, 12))
+    assert breaker.state(10.0) == "open"
+    breaker.config = BreakerConfig(consecutive_failures=1, cooldown_s=5.0)
+    assert breaker.state(5.0) == "half_open" and breaker.next_probe_at == 5.0
