@@ -82,7 +82,7 @@ class Relay:
                    send: Send, watch: DisconnectWatch) -> RequestOutcome:
         retry = self._config.retry
         deadline = ctx.started_at + self._config.server.request_timeout_s
-        failover = Failover(retry)
+        failover: Failover | None = None  # made at the first failure: success pays nothing
         position = 0
         # A stream's bytes (kept, not parsed) for token estimates and mid-stream recovery;
         # with estimates on, it also shows the client estimated usage where none came. (A
@@ -94,9 +94,10 @@ class Relay:
             tape = OutputTape(send)
         send = tape or send
         # max_attempts bounds the models tried; same-model retries come on top (bounded apiece)
-        while position < len(models) and len(ctx.attempts) - failover.retries < retry.max_attempts:
+        while position < len(models) and len(ctx.attempts) - (
+                failover.retries if failover else 0) < retry.max_attempts:
             pool_model = self._pool[models[position]]
-            if failover.skip(pool_model.name, pool_model.config):
+            if failover is not None and failover.skip(pool_model.name, pool_model.config):
                 position += 1
                 continue
             remaining = deadline - time.perf_counter()
@@ -124,6 +125,7 @@ class Relay:
                     return RequestOutcome(200, "error", pool_model.name, "stream_interrupted")
                 return RequestOutcome(200, "success", pool_model.name)
             attempt.failure = failure
+            failover = failover or Failover(retry)
             same, wait = failover.after(pool_model.name, pool_model.config, failure,
                                         probe=pool_model.name in ctx.probes)
             out_of_time = wait > 0 and deadline - time.perf_counter() <= wait
@@ -138,6 +140,7 @@ class Relay:
             position += 0 if same else 1
             if wait:
                 await asyncio.sleep(wait)
+        failover = failover or Failover(retry)
         raise self._all_failed(failover.failures, failover.context_failure, bool(models))
 
     def _recovering(self, request: ClientRequest) -> bool:
