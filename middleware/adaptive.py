@@ -34,7 +34,6 @@ __all__ = ["AdaptiveExtension", "StaticView"]
 
 log = logging.getLogger("routegate")
 _RESERVATION = "routegate.reservation"
-_PROBES = "routegate.probes"
 
 
 class StaticView:
@@ -112,14 +111,18 @@ class AdaptiveExtension:
     def configure_admin(self, config: GatewayConfig) -> None:
         """``/admin`` exists only with a token: mounted in a host app, the host's own /admin
         paths stay the host's."""
-        name = config.admin.token_env
-        self.admin.token = (self._environ(name) if name else None) or None
+        self.admin.token = self.admin_token(config)
         mounted = any(handler == self.admin.endpoint
                       for _, handler in self.gateway.prefix_endpoints)
         if self.admin.token is None:
             log.info("admin API disabled: admin.token_env is not set or names an empty variable")
         elif not mounted:
             self.gateway.prefix_endpoints.append(("/admin", self.admin.endpoint))
+
+    def admin_token(self, config: GatewayConfig) -> str | None:
+        """The admin token ``config`` gives (from the variable ``admin.token_env`` names)."""
+        name = config.admin.token_env
+        return (self._environ(name) if name else None) or None
 
     async def stop(self) -> None:
         pass
@@ -136,12 +139,13 @@ class AdaptiveExtension:
         if client is not None:
             models = [self.config.models[name] for name in plan.models]
             ctx.state[_RESERVATION] = self.limiter.admit(client, reservation_usd(request, models))
-        if plan.probes:
-            self.registry.claim_probes(ctx.request_id, plan.probes)
-            ctx.state[_PROBES] = True
+        probes = plan.probes
+        if probes:
+            self.registry.claim_probes(ctx.request_id, probes)
+            ctx.probes = probes
 
     def settle(self, ctx: RequestContext) -> None:
-        if ctx.state.pop(_PROBES, False):
+        if ctx.probes:
             self.registry.release_probes(ctx.request_id)
         reservation: Reservation | None = ctx.state.pop(_RESERVATION, None)
         if reservation is not None:

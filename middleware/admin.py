@@ -8,7 +8,8 @@
     DELETE /admin/weights?model=M&category=C
     POST /admin/models/{name}/disable | /enable
     POST /admin/breakers/{name}/reset
-    POST /admin/reload              re-read gateway.toml; invalid: 400 with the error, old kept
+    POST /admin/reload              re-read gateway.toml; invalid: 400 with the error, old kept;
+                                    ?allow_shrink=true to drop every client, model or the token
     POST /admin/explain             a chat request, dry-run: classification, plan, weights, reasons
 
 Every ``/admin`` path except the page itself needs ``Authorization: Bearer <token>`` where the
@@ -44,9 +45,10 @@ from routegate.sidecar.protocol import Classification
 if TYPE_CHECKING:
     from routegate.middleware.adaptive import AdaptiveExtension
 
-__all__ = ["ADMIN_BODY_LIMIT", "AdminApi", "send_json"]
+__all__ = ["ADMIN_BODY_LIMIT", "MAX_TTL_S", "AdminApi", "describe_changes", "send_json"]
 
 ADMIN_BODY_LIMIT = 1 << 20  # admin (and feedback) bodies are small JSON documents
+MAX_TTL_S = 30 * 86_400.0  # an override outliving a month is config, not an operator's nudge
 
 log = logging.getLogger("routegate")
 _json = msgspec.json.Encoder()
@@ -107,7 +109,8 @@ class AdminApi:
             breaker.reset()
             result = {"model": parts[1], "breaker": "closed"}
         elif route == ("POST", "reload"):
-            result = self.reload()
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            result = self.reload(allow_shrink=query.get("allow_shrink", [""])[0] == "true")
         elif route == ("POST", "explain"):
             result = await self.explain(await ext.gateway.read_chat_request(scope, receive))
         else:
@@ -144,7 +147,9 @@ class AdminApi:
                                        "output": model.output_usd_per_mtok},
                 "breaker": {"state": breaker.state(now), "reason": breaker.reason,
                             "consecutive_failures": breaker.consecutive, "opens": breaker.opens,
-                            "probe_in_flight": breaker.probe_owner is not None},
+                            "probe_in_flight": breaker.probe_owner is not None,
+                            "probes_failed": breaker.probes_failed,
+                            "next_probe_in_s": _seconds_until(breaker.next_probe_at, now)},
                 "requests_total": tracker.requests_total,
                 "windows": {label: tracker.stats(label, now).as_dict() for label in WINDOWS},
                 "quality": {cat: {"score": q.quality, "samples": q.quality_samples}
@@ -185,11 +190,16 @@ class AdminApi:
             raise InvalidRequest(f"Unknown category `{change.category}`", param="category")
         if change.weight is not None and not 0.0 <= change.weight <= 100.0:
             raise InvalidRequest("`weight` must be within 0..100", param="weight")
+        now = self.ext.wall()
         expires = change.expires_at
+        if expires is not None and not now < expires <= now + MAX_TTL_S:
+            raise InvalidRequest("`expires_at` must be a unix time in the next 30 days",
+                                 param="expires_at")
         if change.ttl_s is not None:
-            if change.ttl_s <= 0:
-                raise InvalidRequest("`ttl_s` must be positive", param="ttl_s")
-            expires = self.ext.wall() + change.ttl_s
+            if not 0 < change.ttl_s <= MAX_TTL_S:
+                raise InvalidRequest(f"`ttl_s` must be within (0, {MAX_TTL_S:g}] seconds "
+                                     "(30 days)", param="ttl_s")
+            expires = now + change.ttl_s
         if change.weight is None and not change.pin:
             self.ext.controls.clear(change.model, change.category)
         else:
@@ -206,21 +216,37 @@ class AdminApi:
             self.ext.controls.disabled.add(model)
         return self.weights()
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self, allow_shrink: bool = False) -> dict[str, Any]:
         """Re-read the config file and swap it in between two requests; an invalid file (or one
-        needing a restart) is rejected with its error and the running config stays."""
+        needing a restart) is rejected with its error and the running config stays. So is one
+        that would drop every client key, every model or the admin token (a truncated file
+        would silently open the gateway), unless ``allow_shrink`` says it is meant."""
         path = Path(self.ext.config_path or self.ext.config.admin.config_path
                     or resolve_config_path(None))
+        old = self.ext.config
         try:
             config = load_config(path)
+            if not allow_shrink:
+                self._check_shrink(old, config)
             self._swap(config)
         except ConfigError as exc:
             raise InvalidRequest(f"Reload rejected, running config kept: {exc}",
                                  code="invalid_config") from exc
         self.ext.reloaded_at = self.ext.wall()
-        log.info("config reloaded from %s", path)
+        log.info("config reloaded from %s: %s", path, describe_changes(old, config))
         return {"reloaded": True, "path": str(path), "models": sorted(config.models),
                 "available": sorted(self.ext.gateway.available)}
+
+    def _check_shrink(self, old: GatewayConfig, new: GatewayConfig) -> None:
+        lost = [what for what, before, after in (
+            ("every client key (requests would need no key)", old.clients, new.clients),
+            ("every model", old.models, new.models),
+            ("the admin token (the admin API would be gone until a restart)",
+             self.token, self.ext.admin_token(new)),
+        ) if before and not after]
+        if lost:
+            raise ConfigError(f"the new file removes {' and '.join(lost)}; if that is meant, "
+                              "reload with ?allow_shrink=true")
 
     def _swap(self, config: GatewayConfig) -> None:
         """Everything is built first; the assignments at the end run without an await between
@@ -263,10 +289,29 @@ class AdminApi:
             "requested_model": request.chat.model,
             "classification": None if classification is None else msgspec.to_builtins(classification),
             "category": plan.category, "escalated": plan.escalated, "reason": plan.reason,
+            "min_capability": plan.min_capability, "threshold_source": plan.threshold_source,
             "plan": list(plan.models),
             "candidates": [_candidate(c) for c in plan.candidates],
             "max_cost_usd": round(reservation_usd(request, models), 10),
         }
+
+
+def describe_changes(old: GatewayConfig, new: GatewayConfig) -> str:
+    """What a reload added, removed and changed, by name only (never keys or their hashes)."""
+    parts: list[str] = []
+    for section in ("models", "providers", "clients", "routes"):
+        before, after = getattr(old, section), getattr(new, section)
+        for sign, names in (("+", sorted(after.keys() - before.keys())),
+                            ("-", sorted(before.keys() - after.keys())),
+                            ("~", sorted(n for n in before.keys() & after.keys()
+                                         if before[n] != after[n]))):
+            if names:
+                parts.append(f"{section} {sign}{','.join(names)}")
+    return "; ".join(parts) or "no model, provider, client or route changed"
+
+
+def _seconds_until(at: float | None, now: float) -> float | None:
+    return None if at is None else round(max(0.0, at - now), 3)
 
 
 def _certain(category: str) -> Classification:

@@ -18,6 +18,7 @@ import msgspec
 
 __all__ = [
     "DEFAULT_CATEGORIES",
+    "DEFAULT_CONTEXT_WINDOW",
     "AdaptiveConfig",
     "AdminConfig",
     "BreakerConfig",
@@ -54,6 +55,8 @@ DEFAULT_CATEGORIES: tuple[str, ...] = (
     "chat",
 )
 
+DEFAULT_CONTEXT_WINDOW = 8192
+
 ProviderType = Literal["openai", "local", "anthropic", "gemini"]
 
 
@@ -86,12 +89,15 @@ class ProviderConfig(_Section, frozen=True):
 class BreakerConfig(_Section, frozen=True):
     """Circuit breaker of one pool model: open on ``consecutive_failures`` in a row, or on a
     ``failure_rate`` once the decision window holds ``min_requests``; while open the model is
-    skipped; after ``cooldown_s`` one live request probes it (success closes it)."""
+    skipped. After ``probe_backoff_initial_s`` one live request probes it (success closes it);
+    each failed probe doubles the wait, up to ``cooldown_s``, so a recovered model serves again
+    within about ``cooldown_s`` plus the gap between two requests."""
 
     consecutive_failures: int = 5
     failure_rate: float = 0.5
     min_requests: int = 10
-    cooldown_s: float = 30.0
+    cooldown_s: float = 5.0  # the longest wait between two probes
+    probe_backoff_initial_s: float = 2.0  # the first wait (capped at cooldown_s)
 
 
 class SloConfig(_Section, frozen=True):
@@ -110,11 +116,16 @@ class ModelConfig(_Section, frozen=True):
     upstream: str = ""  # the provider's model name; defaults to the pool name
     input_usd_per_mtok: float = 0.0
     output_usd_per_mtok: float = 0.0
-    context_window: int = 8192
+    context_window: int | None = None  # tokens; None: unknown (DEFAULT_CONTEXT_WINDOW assumed)
     capabilities: dict[str, float] = {}
     fallbacks: tuple[str, ...] = ()
     breaker: BreakerConfig | None = None  # None: adaptive.breaker
     slo: SloConfig | None = None  # None: adaptive.slo
+
+    @property
+    def window(self) -> int:
+        """The context window to plan with: the declared one, else DEFAULT_CONTEXT_WINDOW."""
+        return self.context_window or DEFAULT_CONTEXT_WINDOW
 
     @property
     def blended_price(self) -> float:
@@ -149,6 +160,7 @@ class RetryConfig(_Section, frozen=True):
     backoff_base_s: float = 0.025
     backoff_max_s: float = 0.25
     retry_after_cap_s: float = 2.0
+    same_model_5xx: int = 1  # retries on the same model after a 500/502/503 (0: move on at once)
 
 
 class ClassifierConfig(_Section, frozen=True):
@@ -303,7 +315,35 @@ def parse_config(raw: dict[str, Any]) -> GatewayConfig:
     return config
 
 
+def _within(path: str, value: float, low: float, high: float, *, open_low: bool = False) -> None:
+    """Bounds of one numeric key; NaN and infinities fail too (every comparison is false)."""
+    if not ((low < value if open_low else low <= value) and value <= high):
+        interval = f"({low:g}, {high:g}]" if open_low else f"[{low:g}, {high:g}]"
+        raise ConfigError(f"{path}: must be within {interval}, got {value!r}")
+
+
+def _check_breaker(path: str, breaker: BreakerConfig) -> None:
+    _within(f"{path}.consecutive_failures", breaker.consecutive_failures, 1, 10_000)
+    _within(f"{path}.failure_rate", breaker.failure_rate, 0.0, 1.0, open_low=True)
+    _within(f"{path}.min_requests", breaker.min_requests, 1, 1_000_000)
+    _within(f"{path}.cooldown_s", breaker.cooldown_s, 0.0, 86_400.0, open_low=True)
+    _within(f"{path}.probe_backoff_initial_s", breaker.probe_backoff_initial_s, 0.0, 86_400.0,
+            open_low=True)
+
+
+def _check_bounds(config: GatewayConfig) -> None:
+    _within("retry.same_model_5xx", config.retry.same_model_5xx, 0, 3)
+    _check_breaker("adaptive.breaker", config.adaptive.breaker)
+    for name, model in config.models.items():
+        where = f"models.{_key(name)}"
+        if model.breaker is not None:
+            _check_breaker(f"{where}.breaker", model.breaker)
+        if model.context_window is not None:
+            _within(f"{where}.context_window", model.context_window, 1, 100_000_000)
+
+
 def _check_references(config: GatewayConfig) -> None:
+    _check_bounds(config)
     if not config.server.prefix.startswith("/") or config.server.prefix.endswith("/"):
         raise ConfigError('server.prefix: must start with "/" and not end with "/"')
     for name, model in config.models.items():

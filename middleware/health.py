@@ -1,5 +1,6 @@
 """Live health: windows per pool model and provider (:mod:`routegate.middleware.windows`),
-a circuit breaker per model, and the signals routing reads from them.
+a circuit breaker per model (:mod:`routegate.middleware.breaker`), and the signals routing
+reads from them.
 
 Time comes from an injected clock (``time.monotonic`` by default) so tests drive the windows
 and breakers without sleeping.
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Literal, Protocol
 
 import httpx
 
-from routegate.middleware.config import BreakerConfig, GatewayConfig, SloConfig
+from routegate.middleware.breaker import Breaker, BreakerState
+from routegate.middleware.config import GatewayConfig, SloConfig
 from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
 from routegate.middleware.routing import ModelSignal, Override
 from routegate.middleware.windows import (
@@ -42,7 +43,6 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
-BreakerState = Literal["closed", "open", "half_open"]
 
 class Tracker:
     """The stats windows (1 min, 5 min, 1 h) and the decision window of one model or
@@ -150,71 +150,6 @@ class Tracker:
             window.add(now, sample)
 
 
-class _Counts(Protocol):
-    def counts(self, now: float) -> tuple[int, int]: ...
-
-
-class Breaker:
-    """closed -> (failures) -> open -> (cool-down) -> one probe in flight -> closed or open."""
-
-    __slots__ = ("_open", "config", "consecutive", "opened_at", "opens", "probe_owner", "reason")
-
-    def __init__(self, config: BreakerConfig) -> None:
-        self.config = config
-        self.consecutive = 0
-        self._open = False
-        self.opened_at = 0.0
-        self.opens = 0
-        self.probe_owner: str | None = None  # request id holding the single probe
-        self.reason = ""
-
-    def state(self, now: float) -> BreakerState:
-        if not self._open:
-            return "closed"
-        return "half_open" if now >= self.opened_at + self.config.cooldown_s else "open"
-
-    def can_probe(self, now: float) -> bool:
-        """Half-open and nobody probing yet: the next planned request may try the model."""
-        return self.state(now) == "half_open" and self.probe_owner is None
-
-    def claim_probe(self, request_id: str) -> None:
-        self.probe_owner = request_id
-
-    def release_probe(self, request_id: str) -> None:
-        if self.probe_owner == request_id:
-            self.probe_owner = None
-
-    def record(self, now: float, ok: bool, window: _Counts) -> None:
-        """One verdict; ``window`` (the decision window's counts, this verdict included) is
-        read only on failures."""
-        if ok:
-            self.consecutive = 0
-            if self._open:
-                self._open, self.probe_owner, self.reason = False, None, "probe succeeded"
-            return
-        self.consecutive += 1
-        config = self.config
-        if self._open:  # the probe (or a request planned before the open) failed: wait again
-            self.opened_at, self.probe_owner = now, None
-            self.reason = "probe failed"
-            return
-        if self.consecutive >= config.consecutive_failures:
-            self._trip(now, f"{self.consecutive} consecutive failures")
-        else:
-            ok_count, failures = window.counts(now)
-            requests = ok_count + failures
-            if requests >= config.min_requests and failures / requests >= config.failure_rate:
-                self._trip(now, f"failure rate {failures / requests:.0%} over "
-                                f"{requests} requests")
-
-    def _trip(self, now: float, reason: str) -> None:
-        self._open, self.opened_at, self.reason = True, now, reason
-        self.opens += 1
-
-    def reset(self) -> None:
-        self._open, self.consecutive, self.probe_owner, self.reason = False, 0, None, "reset"
-
-
 class HealthRegistry:
     """Trackers and breakers for every pool model and provider, fed by attempt outcomes."""
 
@@ -255,7 +190,10 @@ class HealthRegistry:
         return (entry.slo if entry is not None and entry.slo is not None
                 else self.config.adaptive.slo)
 
-    def record(self, model: str, provider: str, sample: Sample) -> None:
+    def record(self, model: str, provider: str, sample: Sample, request_id: str | None = None,
+               verdict: bool = True) -> None:
+        """One attempt's sample into the model's and provider's windows; with ``verdict`` its
+        success or failure also goes to the model's breaker."""
         now = self.clock()
         tracker = self.models.get(model)
         if tracker is None:
@@ -265,8 +203,8 @@ class HealthRegistry:
         provider_tracker = self.providers.get(provider)
         if provider_tracker is not None:
             provider_tracker.add(now, sample, bins)
-        if sample.ok is not None:
-            self.breakers[model].record(now, sample.ok, tracker)
+        if sample.ok is not None and verdict:
+            self.breakers[model].record(now, sample.ok, tracker, request_id)
 
     def record_quality(self, model: str, category: str | None, score: float) -> bool:
         tracker = self.models.get(model)
@@ -392,7 +330,9 @@ class HealthObserver:
         pass
 
     def on_attempt_end(self, ctx: RequestContext, attempt: AttemptInfo) -> None:
-        self.registry.record(attempt.model, attempt.provider, attempt_sample(attempt))
+        # a failure retried on the same model counts in the windows; the retry is the verdict
+        self.registry.record(attempt.model, attempt.provider, attempt_sample(attempt),
+                             ctx.request_id, verdict=not attempt.retried)
 
     def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
         pass  # probe claims are released by the policy's settle (it always runs)

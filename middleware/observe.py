@@ -41,6 +41,7 @@ class AttemptInfo:
     error_after_first_byte: str | None = None
     client_disconnected: bool = False
     continuation_of: int | None = None  # mid-stream recovery: index of the attempt continued
+    retried: bool = False  # failed, and the next attempt retries the same model
 
     @property
     def usage_estimated(self) -> bool:
@@ -76,6 +77,7 @@ class RequestContext:
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)  # per-observer scratch space
     recoveries: int = 0  # streams broken mid-answer and continued on another model
+    probes: tuple[str, ...] = ()  # models this request probes (half-open breakers)
 
 
 class Observer(Protocol):

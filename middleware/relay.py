@@ -1,7 +1,7 @@
 """The attempt loop: try the plan's models in order, stream the first that answers.
 
-Before the first byte reaches the client every failure is private: the loop moves on (after a
-short jittered backoff, or the provider's Retry-After when it is short) inside one deadline.
+Before the first byte reaches the client every failure is private: the loop retries the same
+model or moves on (what to do is :mod:`routegate.middleware.failover`'s call) inside one deadline.
 After the first byte the answer belongs to the client: a failure ends the stream with an
 in-band SSE error event, never a silent truncation that looks like success.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import AsyncIterator
 
@@ -21,6 +20,7 @@ from routegate.middleware.asgi_types import Receive, Send
 from routegate.middleware.config import GatewayConfig
 from routegate.middleware.disconnect import DisconnectWatch, uncancel
 from routegate.middleware.errors import AllAttemptsFailed, GatewayError, UpstreamRejected
+from routegate.middleware.failover import Failover
 from routegate.middleware.observe import AttemptInfo, Observers, RequestContext, RequestOutcome
 from routegate.middleware.pool import PoolModel, cost_usd
 from routegate.middleware.providers.base import (
@@ -82,10 +82,7 @@ class Relay:
                    send: Send, watch: DisconnectWatch) -> RequestOutcome:
         retry = self._config.retry
         deadline = ctx.started_at + self._config.server.request_timeout_s
-        failures: list[tuple[str, UpstreamFailure]] = []
-        context_floor = 0
-        context_failure: UpstreamFailure | None = None
-        waited_retry_after: set[str] = set()
+        failover: Failover | None = None  # made at the first failure: success pays nothing
         position = 0
         # A stream's bytes (kept, not parsed) for token estimates and mid-stream recovery;
         # with estimates on, it also shows the client estimated usage where none came. (A
@@ -96,9 +93,11 @@ class Relay:
         elif self._recovering(request):
             tape = OutputTape(send)
         send = tape or send
-        while position < len(models) and len(ctx.attempts) < retry.max_attempts:
+        # max_attempts bounds the models tried; same-model retries come on top (bounded apiece)
+        while position < len(models) and len(ctx.attempts) - (
+                failover.retries if failover else 0) < retry.max_attempts:
             pool_model = self._pool[models[position]]
-            if pool_model.config.context_window <= context_floor:
+            if failover is not None and failover.skip(pool_model.name, pool_model.config):
                 position += 1
                 continue
             remaining = deadline - time.perf_counter()
@@ -126,27 +125,23 @@ class Relay:
                     return RequestOutcome(200, "error", pool_model.name, "stream_interrupted")
                 return RequestOutcome(200, "success", pool_model.name)
             attempt.failure = failure
+            failover = failover or Failover(retry)
+            same, wait = failover.after(pool_model.name, pool_model.config, failure,
+                                        probe=pool_model.name in ctx.probes)
+            out_of_time = wait > 0 and deadline - time.perf_counter() <= wait
+            attempt.retried = same and not out_of_time
             self._observers.on_attempt_end(ctx, attempt)
-            failures.append((pool_model.name, failure))
             log.info("attempt %d on %s failed: %s", attempt.index + 1, pool_model.name, failure.detail)
             if failure.client_fault:
                 raise UpstreamRejected(failure.detail, status=failure.status or 400,
                                        code=failure.code, raw_body=failure.client_body)
-            if failure.context_exceeded:
-                context_floor, context_failure = pool_model.config.context_window, failure
-                position += 1
-                continue
-            wait = _backoff(len(failures), retry.backoff_base_s, retry.backoff_max_s)
-            if (failure.retry_after_s is not None and failure.retry_after_s <= retry.retry_after_cap_s
-                    and pool_model.name not in waited_retry_after):
-                waited_retry_after.add(pool_model.name)  # the provider said when: retry it once
-                wait = failure.retry_after_s
-            else:
-                position += 1
-            if deadline - time.perf_counter() <= wait:
+            if out_of_time:
                 break
-            await asyncio.sleep(wait)
-        raise self._all_failed(failures, context_failure, bool(models))
+            position += 0 if same else 1
+            if wait:
+                await asyncio.sleep(wait)
+        failover = failover or Failover(retry)
+        raise self._all_failed(failover.failures, failover.context_failure, bool(models))
 
     def _recovering(self, request: ClientRequest) -> bool:
         return request.stream and self._recovery.mode == "continue"
@@ -412,7 +407,3 @@ def _sse_error(message: str) -> bytes:
         {"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted"}})
     return b"data: " + payload + b"\n\n"
 
-
-def _backoff(failures: int, base: float, cap: float) -> float:
-    """Full jitter: spreads retries so a provider that hiccups is not hit in lockstep."""
-    return random.uniform(0.0, min(cap, base * 2 ** (failures - 1)))

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
-from routegate.middleware.config import GatewayConfig, SloConfig
+from routegate.middleware.config import GatewayConfig, RouteConfig, SloConfig
 from routegate.middleware.errors import ModelNotFound
 from routegate.sidecar.protocol import Classification
 
@@ -40,6 +40,7 @@ QUALITY_FACTOR = 0.25
 
 
 _DEFAULT_SLO = SloConfig()
+_DEFAULT_ROUTE = RouteConfig()  # a category without a [routes] table routes like this
 
 
 class ModelSignal(NamedTuple):
@@ -90,6 +91,8 @@ class Plan:
     escalated: bool = False
     reason: str = ""
     candidates: tuple[Candidate, ...] = ()  # kept (in plan order) then dropped, with reasons
+    min_capability: float | None = None  # the threshold used (None: a named model)
+    threshold_source: str = ""  # "routes.CATEGORY", or "default" (no route: RouteConfig's)
 
     @property
     def probes(self) -> tuple[str, ...]:
@@ -102,7 +105,8 @@ def plan_route(requested: str, classification: Classification | None, config: Ga
 
     ``requested`` is the client's ``model``: a pool model (it, then its fallback chain), or
     ``auto`` (classified): the cheapest model whose capability for the category meets the
-    route's threshold first, the other capable ones by cost, then the route's fallback chain.
+    route's threshold first, the other capable ones by cost, then the route's fallback chain
+    (a category without a route uses :class:`RouteConfig`'s defaults, ``min_capability`` 0.7).
     A confidence under ``classifier.escalate_below`` raises the threshold to
     ``classifier.escalate_min_capability`` (a stronger tier), keeping the normal candidates
     behind it. Unavailable models (provider without a key) are left out; without a ``view``
@@ -122,16 +126,18 @@ def plan_route(requested: str, classification: Classification | None, config: Ga
                     candidates=(*kept, *dropped))
 
     category = classification.category if classification else config.classifier.default_category
-    route = config.routes.get(category)
-    threshold = route.min_capability if route else 0.0
+    configured = config.routes.get(category)
+    route = configured or _DEFAULT_ROUTE
+    source = f"routes.{category}" if configured else "default"
+    threshold = route.min_capability
     escalated = (classification is not None
                  and classification.confidence < config.classifier.escalate_below)
-    if route and route.candidates:
+    if route.candidates:
         capable: list[str] = list(route.candidates)
     else:
         capable = _capable(category, threshold, config)
     ordered: list[str] = []
-    reason = f"{category}: cheapest with capability >= {threshold:g}"
+    reason = f"{category}: cheapest with capability >= {threshold:g} ({source})"
     if escalated:
         strong = config.classifier.escalate_min_capability
         ordered = _capable(category, max(strong, threshold), config)
@@ -139,14 +145,14 @@ def plan_route(requested: str, classification: Classification | None, config: Ga
                   f"{config.classifier.escalate_below:g}, escalated to capability >= {strong:g}")
     ordered += capable
     ordered += [f for name in ordered for f in config.models[name].fallbacks]
-    if route:  # the route's own chain (usually ending with `local`) comes last
-        ordered += [f for name in route.fallbacks for f in _closure(name, config)]
+    # the route's own chain (usually ending with `local`) comes last
+    ordered += [f for name in route.fallbacks for f in _closure(name, config)]
     models = _available(ordered, available)
     if view is not None:
         kept, dropped = _judge(models, category, view, weigh=True)
         if kept:
             return Plan(tuple(c.model for c in kept), category, escalated, reason,
-                        (*kept, *dropped))
+                        (*kept, *dropped), threshold, source)
         models = ()
         reason += "; every capable model is disabled, weighted 0 or has its breaker open"
     if not models:  # nothing capable is reachable: anything beats failing the request
@@ -156,9 +162,9 @@ def plan_route(requested: str, classification: Classification | None, config: Ga
         if view is not None:
             kept, dropped = _judge(models, category, view, weigh=True)
             return Plan(tuple(c.model for c in kept), category, escalated, reason,
-                        (*kept, *dropped))
+                        (*kept, *dropped), threshold, source)
     return Plan(models, category, escalated, reason,
-                tuple(Candidate(name, 1.0) for name in models))
+                tuple(Candidate(name, 1.0) for name in models), threshold, source)
 
 
 def _judge(models: Iterable[str], category: str | None, view: RouteView,

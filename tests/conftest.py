@@ -18,6 +18,10 @@ from routegate.middleware.http_protocol import CoalescingHttpToolsProtocol
 # Fake providers demand a key like the real ones; the gateway reads it from this variable.
 os.environ.setdefault("ROUTEGATE_TEST_PROVIDER_KEY", "sk-test-provider-secret")
 FAST_TIMEOUTS = {"connect_s": 1.0, "first_token_s": 1.0, "idle_s": 1.0, "total_s": 5.0}
+FAST_RETRY: dict[str, Any] = {"max_attempts": 4, "backoff_base_s": 0.001, "backoff_max_s": 0.01,
+                              "retry_after_cap_s": 1.0}
+# a 5xx falls back at once (tests of the fallback itself, not of the same-model retry)
+NO_5XX_RETRY: dict[str, Any] = {**FAST_RETRY, "same_model_5xx": 0}
 
 
 def pool_config(urls: dict[str, str], *,
@@ -47,8 +51,7 @@ def pool_config(urls: dict[str, str], *,
     }
     raw: dict[str, Any] = {
         "server": {"request_timeout_s": 10.0},
-        "retry": {"max_attempts": 4, "backoff_base_s": 0.001, "backoff_max_s": 0.01,
-                  "retry_after_cap_s": 1.0},
+        "retry": FAST_RETRY,
         "providers": providers,
         "models": models or default_models,
         "routes": routes or {"chat": {"min_capability": 0.7}, "code": {"min_capability": 0.85}},

@@ -16,6 +16,16 @@ ADMIN = {"token_env": TOKEN_ENV}
 HELLO = [{"role": "user", "content": "Hello there"}]
 
 
+class Clock:
+    """An injected monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def admin(url: str, method: str, path: str, body: Any = None,
           token: str | None = TOKEN) -> httpx.Response:
     headers = {"authorization": f"Bearer {token}"} if token is not None else {}

@@ -9,6 +9,7 @@ from routegate.middleware.config import GatewayConfig, SloConfig, parse_config
 from routegate.middleware.health import Controls, HealthRegistry, LiveView, Sample
 from routegate.middleware.routing import ModelSignal, Override, plan_route
 from routegate.sidecar.protocol import Classification
+from tests.adaptive.adaptive_helpers import Clock
 
 MODELS: dict[str, Any] = {
     "cheap": {"provider": "p", "input_usd_per_mtok": 0.1, "capabilities": {"chat": 0.8}},
@@ -129,17 +130,9 @@ def test_deterministic_for_the_same_stats() -> None:
     assert all(plan_route("auto", chat(), config(), ALL, view) == first for _ in range(20))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_live_view_loses_and_regains_traffic_as_the_window_slides() -> None:
     cfg = config()
-    clock = Clock()
+    clock = Clock(500.0)
     registry = HealthRegistry(cfg, clock)
     controls = Controls(wall=clock)
     for _ in range(6):
@@ -164,7 +157,7 @@ def test_per_model_slo_overrides_the_default() -> None:
         "adaptive": {"slo": {"latency_p95_s": 1.0, "min_requests": 1}}}
     raw["models"]["big"] = {**MODELS["big"], "provider": "p"}
     cfg = parse_config(raw)
-    clock = Clock()
+    clock = Clock(500.0)
     registry = HealthRegistry(cfg, clock)
     for model in ("cheap", "mid"):
         registry.record(model, "p", Sample(ok=True, latency_s=3.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,94 @@ def test_reload_picks_up_client_keys(served: tuple[FakeProvider, str, Path]) -> 
     rejected = admin(url, "POST", "/admin/reload")
     assert rejected.status_code == 400 and "key_sha256" in rejected.json()["error"]["message"]
     assert chat(url, headers={"authorization": "Bearer sk-team"}).status_code == 200
+
+
+CODE_PROMPT = "Fix the off-by-one error in this Python function: def last(xs): return xs[len(xs)]"
+
+
+def test_without_routes_capabilities_still_count_and_explain_names_the_threshold(
+        tmp_path: Path) -> None:
+    fake = FakeProvider(kind="openai")
+    with serve_in_thread(fake) as fake_url:
+        path = tmp_path / "gateway.toml"
+        no_routes = toml_for(fake_url).split("[routes.chat]")[0]
+        path.write_text(no_routes.replace("capabilities = { chat = 0.8 }",
+                                          "capabilities = { chat = 0.8, code = 0.2 }")
+                                 .replace("capabilities = { chat = 0.9 }",
+                                          "capabilities = { chat = 0.9, code = 0.9 }"))
+        with serve_in_thread(create_app(config_path=path), lifespan="on") as url:
+            body = {"model": "auto", "messages": [{"role": "user", "content": CODE_PROMPT}]}
+            answer = httpx.post(url + "/v1/chat/completions", json=body, timeout=15.0)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-routegate-category"] == "code"
+            assert answer.headers["x-routegate-model"] == "mid"  # not cheap, declared 0.2
+            explained = admin(url, "POST", "/admin/explain", body).json()
+    assert explained["category"] == "code" and explained["plan"][0] == "mid"
+    assert explained["min_capability"] == 0.7 and explained["threshold_source"] == "default"
+
+
+def _with_client(path: Path) -> str:
+    from routegate.middleware.budgets import hash_key
+
+    text = path.read_text() + f'\n[clients.team]\nkey_sha256 = "{hash_key("sk-team")}"\n'
+    path.write_text(text)
+    return text
+
+
+def test_a_reload_that_would_open_the_gateway_is_refused(
+        served: tuple[FakeProvider, str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    _, url, path = served
+    full = _with_client(path)
+    assert admin(url, "POST", "/admin/reload").status_code == 200
+    assert chat(url).status_code == 401
+    caplog.set_level(logging.INFO, logger="routegate")
+    for shrunk in (full.split("[clients.team]")[0], ""):  # truncated before [clients.*]; empty
+        path.write_text(shrunk)
+        refused = admin(url, "POST", "/admin/reload")
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "invalid_config" and "allow_shrink=true" in error["message"]
+        assert "client key" in error["message"]
+        assert chat(url).status_code == 401  # still closed
+    assert "every model" in error["message"] and "admin token" in error["message"]
+    assert admin(url, "GET", "/admin/stats").status_code == 200  # the admin API stays
+
+    path.write_text(full.split("[clients.team]")[0])
+    allowed = admin(url, "POST", "/admin/reload?allow_shrink=true")
+    assert allowed.status_code == 200, allowed.text
+    assert chat(url).status_code == 200  # opened, on purpose
+    reloads = [r.getMessage() for r in caplog.records if "config reloaded" in r.getMessage()]
+    assert reloads and "clients -team" in reloads[-1]
+    from routegate.middleware.budgets import hash_key
+
+    assert hash_key("sk-team") not in caplog.text and "sk-team" not in caplog.text
+
+
+def test_reload_logs_what_it_added_removed_and_changed(
+        served: tuple[FakeProvider, str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    _, url, path = served
+    caplog.set_level(logging.INFO, logger="routegate")
+    text = path.read_text().replace("[models.mid]", "[models.big]\nprovider = \"fake\"\n"
+                                                    "[models.mid]")
+    path.write_text(text.replace("input_usd_per_mtok = 1.0", "input_usd_per_mtok = 2.0")
+                        .replace("[routes.chat]", "[routes.code]\n[routes.chat]"))
+    assert admin(url, "POST", "/admin/reload").status_code == 200
+    line = [r.getMessage() for r in caplog.records if "config reloaded" in r.getMessage()][-1]
+    assert "models +big" in line and "models ~mid" in line and "routes +code" in line
+
+
+@pytest.mark.parametrize(("change", "param"), [
+    ({"ttl_s": 1e308}, "ttl_s"), ({"ttl_s": 0}, "ttl_s"), ({"ttl_s": 31 * 86400}, "ttl_s"),
+    ({"expires_at": 1e308}, "expires_at"), ({"expires_at": 1.0}, "expires_at"),
+    ({"weight": 1e308}, "weight"), ({"weight": -1}, "weight"),
+])
+def test_weight_changes_are_bounded(served: tuple[FakeProvider, str, Path],
+                                    change: dict[str, float], param: str) -> None:
+    _, url, _ = served
+    body = {"model": "cheap", "weight": 0.5, **change}
+    response = admin(url, "PUT", "/admin/weights", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert admin(url, "GET", "/admin/weights").json()["overrides"] == []
+    ok = admin(url, "PUT", "/admin/weights", {"model": "cheap", "weight": 0.5, "ttl_s": 3600})
+    assert ok.status_code == 200 and ok.json()["overrides"][0]["expires_at"] is not None

@@ -8,14 +8,7 @@ import pytest
 
 from routegate.middleware.config import BreakerConfig, parse_config
 from routegate.middleware.health import Breaker, HealthRegistry, Sample, Window
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.adaptive.adaptive_helpers import Clock
 
 
 def test_counts_rates_and_percentiles_within_one_bin() -> None:
@@ -73,7 +66,8 @@ def test_quality_is_per_model_and_category() -> None:
 
 
 def test_breaker_opens_on_consecutive_failures_probes_once_and_closes() -> None:
-    breaker = Breaker(BreakerConfig(consecutive_failures=3, cooldown_s=10.0))
+    breaker = Breaker(BreakerConfig(consecutive_failures=3, cooldown_s=10.0,
+                                    probe_backoff_initial_s=10.0))
     window = Window(60.0, 12)
     for t in range(2):
         breaker.record(float(t), False, window)
@@ -85,7 +79,7 @@ def test_breaker_opens_on_consecutive_failures_probes_once_and_closes() -> None:
     assert breaker.state(12.0) == "half_open" and breaker.can_probe(12.0)
     breaker.claim_probe("req-1")
     assert not breaker.can_probe(12.5)  # a single probe at a time
-    breaker.record(13.0, False, window)  # the probe failed: wait again
+    breaker.record(13.0, False, window, "req-1")  # the probe failed: wait again
     assert breaker.state(13.0) == "open" and breaker.probe_owner is None
     assert breaker.state(23.0) == "half_open"
     breaker.claim_probe("req-2")
@@ -112,7 +106,9 @@ def test_breaker_opens_on_failure_rate_over_min_requests() -> None:
 
 def test_registry_feeds_breakers_and_providers_and_keeps_history_on_reconfigure() -> None:
     raw: dict[str, Any] = {"providers": {"p": {"type": "openai", "base_url": "http://x/v1"}},
-           "models": {"m": {"provider": "p", "breaker": {"consecutive_failures": 2}}},
+           "models": {"m": {"provider": "p", "breaker": {"consecutive_failures": 2,
+                                                         "cooldown_s": 60,
+                                                         "probe_backoff_initial_s": 60}}},
            "adaptive": {"decision_window_s": 10}}
     clock = Clock()
     registry = HealthRegistry(parse_config(raw), clock)

@@ -97,6 +97,7 @@ def test_failed_probe_reopens_the_breaker(breaking: tuple[FakeProvider, FakeProv
     assert len(first.requests) == before + 1
     breaker = admin(url, "GET", "/admin/stats").json()["models"]["cheap"]["breaker"]
     assert breaker["state"] == "open" and breaker["reason"] == "probe failed"
+    assert breaker["probes_failed"] == 1 and 0 <= breaker["next_probe_in_s"] <= 2.0
 
 
 async def _together(url: str, n: int) -> list[str]:

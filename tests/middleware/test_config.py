@@ -44,6 +44,15 @@ capabilities = { chat = 0.5 }
     ("[providers.q]\ntype = \"carrier-pigeon\"\n", "providers.q.type: Invalid enum value"),
     ("[classifier]\nescalate_below = \"low\"\n", "classifier.escalate_below: Expected `float`"),
     ("[retry]\nmax_atempts = 3\n", "retry.max_atempts: unknown key"),
+    ("[retry]\nsame_model_5xx = 4\n", "retry.same_model_5xx: must be within [0, 3]"),
+    ("[retry]\nsame_model_5xx = -1\n", "retry.same_model_5xx: must be within [0, 3]"),
+    ("[adaptive.breaker]\nprobe_backoff_initial_s = 0\n",
+     "adaptive.breaker.probe_backoff_initial_s: must be within (0, 86400]"),
+    ("[adaptive.breaker]\ncooldown_s = inf\n", "adaptive.breaker.cooldown_s: must be within"),
+    ("[adaptive.breaker]\nfailure_rate = nan\n", "adaptive.breaker.failure_rate: must be within"),
+    ('[models."m-1".breaker]\nprobe_backoff_initial_s = 1e308\n',
+     "models.m-1.breaker.probe_backoff_initial_s: must be within"),
+    ('[models.n]\nprovider = "p"\ncontext_window = 0\n', "models.n.context_window: must be within"),
 ])
 def test_bad_config_names_the_key_path(tmp_path: Path, snippet: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -62,3 +71,12 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "[server\nport=1"))
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_failover_defaults_and_unknown_context_window(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, BASE + "[retry]\nsame_model_5xx = 0\n"))
+    assert config.retry.same_model_5xx == 0
+    breaker = config.adaptive.breaker
+    assert (breaker.probe_backoff_initial_s, breaker.cooldown_s) == (2.0, 5.0)
+    model = config.models["m-1"]
+    assert model.context_window is None and model.window == 8192

@@ -10,7 +10,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from bench.fakes import FakeProvider, Fault, serve_in_thread
-from tests.conftest import answer_text, pool_config, running_gateway
+from tests.conftest import NO_5XX_RETRY, answer_text, pool_config, running_gateway
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello there"}]
 
@@ -129,3 +129,76 @@ def test_total_deadline_bounds_the_whole_request(fake_openai: tuple[FakeProvider
         response = ask(url, stream=True)
     assert response.status_code == 504
     assert len(fake.requests) == 1  # the deadline, not three 5 s waits, ended it
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_a_single_5xx_is_retried_on_the_same_model(
+        two_providers: tuple[FakeProvider, FakeProvider, str], status: int, stream: bool) -> None:
+    first, second, url = two_providers
+    first.inject(Fault.status(status))
+    response = ask(url, stream=stream)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-routegate-model"] == "cheap"
+    assert [r.body["model"] for r in first.requests] == ["cheap-up", "cheap-up"]
+    assert not second.requests
+
+
+def test_a_persistent_5xx_falls_back_after_exactly_one_retry(
+        two_providers: tuple[FakeProvider, FakeProvider, str]) -> None:
+    first, second, url = two_providers
+    first.set_default(Fault.status(500))
+    response = ask(url)
+    assert response.status_code == 200 and response.headers["x-routegate-model"] == "mid"
+    assert len(first.requests) == 2  # 1 + retry.same_model_5xx
+    assert [r.body["model"] for r in second.requests] == ["mid-up"]
+
+
+def test_same_model_5xx_0_moves_on_at_once_and_other_failures_are_not_retried(
+        fake_openai: tuple[FakeProvider, str]) -> None:
+    fake, fake_url = fake_openai
+    config = pool_config({"a": fake_url}, extra={"retry": NO_5XX_RETRY})
+    with running_gateway(config) as url:
+        fake.inject(Fault.status(500), model="cheap-up")
+        assert ask(url).headers["x-routegate-model"] == "mid"
+        fake.inject(Fault.status(529), model="mid-up")  # overloaded: not a one-off, move on
+        assert ask(url, model="mid").headers["x-routegate-model"] == "big"
+    assert [r.body["model"] for r in fake.requests] == ["cheap-up", "mid-up", "mid-up", "big-up"]
+
+
+def _context_pool(cheap_window: int, mid_window: int | None) -> dict[str, dict[str, object]]:
+    mid: dict[str, object] = {"provider": "b", "upstream": "mid-up", "input_usd_per_mtok": 1.0,
+                              "capabilities": {"chat": 0.9}}
+    if mid_window is not None:
+        mid["context_window"] = mid_window
+    return {"cheap": {"provider": "a", "upstream": "cheap-up", "context_window": cheap_window,
+                      "capabilities": {"chat": 0.8}, "fallbacks": ["mid"]},
+            "mid": mid}
+
+
+@pytest.mark.parametrize(("cheap_window", "mid_window"), [(16384, 16384), (16384, None)],
+                         ids=["equal", "unknown"])
+def test_context_length_error_tries_the_declared_fallbacks_of_equal_or_unknown_window(
+        cheap_window: int, mid_window: int | None) -> None:
+    first, second = FakeProvider(kind="openai"), FakeProvider(kind="openai", reply_text="From B.")
+    first.set_default(Fault.status(400, code="context_length_exceeded"))
+    with serve_in_thread(first) as url_a, serve_in_thread(second) as url_b:
+        config = pool_config({"a": url_a, "b": url_b},
+                             models=_context_pool(cheap_window, mid_window))
+        with running_gateway(config) as url:
+            response = ask(url)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-routegate-model"] == "mid" and answer_text(response) == "From B."
+    assert len(first.requests) == 1
+
+
+def test_context_length_error_skips_a_declared_fallback_known_to_be_smaller() -> None:
+    first, second = FakeProvider(kind="openai"), FakeProvider(kind="openai")
+    first.set_default(Fault.status(400, code="context_length_exceeded"))
+    with serve_in_thread(first) as url_a, serve_in_thread(second) as url_b:
+        config = pool_config({"a": url_a, "b": url_b}, models=_context_pool(16384, 8192))
+        with running_gateway(config) as url:
+            response = ask(url)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    assert not second.requests

@@ -97,3 +97,16 @@ def test_no_classification_uses_the_default_category() -> None:
 def test_plan_is_deterministic() -> None:
     plans = {plan_route("auto", classified("code"), config(), ALL) for _ in range(5)}
     assert len(plans) == 1
+
+
+def test_a_category_without_a_route_uses_the_route_defaults() -> None:
+    """No [routes] at all: capabilities still count (RouteConfig's min_capability, 0.7)."""
+    bare = parse_config({"providers": {"p": {"type": "openai", "base_url": "http://x/v1"},
+                                       "q": {"type": "openai", "base_url": "http://y/v1"}},
+                         "models": MODELS})
+    plan = plan_route("auto", classified("code"), bare, ALL)
+    assert plan.models[:2] == ("mid", "strong")  # tiny (0.1) and cheap (0.6) are not capable
+    assert plan.min_capability == 0.7 and plan.threshold_source == "default"
+    assert "(default)" in plan.reason
+    routed = plan_route("auto", classified("code"), config(), ALL)
+    assert routed.min_capability == 0.85 and routed.threshold_source == "routes.code"

@@ -160,7 +160,7 @@ def exported_labels() -> Iterator[dict[str, set[str]]]:
     """Prometheus series name -> label names, from the metrics of real requests (auto,
     streamed, fallback) through a real gateway."""
     first, second = FakeProvider(kind="openai"), FakeProvider(kind="openai")
-    first.inject(Fault.status(500))
+    first.inject(Fault.status(500), times=2)  # and its same-model retry: a fallback
     with serve_in_thread(first) as url_a, serve_in_thread(second) as url_b, \
             traced_gateway(pool_config({"a": url_a, "b": url_b})) as tg:
         for body in ({"model": "cheap"}, {"model": "auto", "stream": True}):

@@ -94,7 +94,7 @@ def gateway_spans() -> Iterator[list[ReadableSpan]]:
         messages = [{"role": "user", "content": "Hello there"}]
         httpx.post(url, json={"model": "auto", "messages": messages}, timeout=15)
         httpx.post(url, json={"model": "cheap", "stream": True, "messages": messages}, timeout=15)
-        first.inject(Fault.status(500))
+        first.inject(Fault.status(500), times=2)  # and its same-model retry: a fallback
         httpx.post(url, json={"model": "cheap", "messages": messages}, timeout=15)
         first.set_default(Fault.status(503))
         second.set_default(Fault.status(500))

@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from bench.fakes import FakeProvider, Fault, serve_in_thread
 from routegate.otel import attributes as a
-from tests.conftest import pool_config, running_gateway
+from tests.conftest import NO_5XX_RETRY, pool_config, running_gateway
 from tests.otel.otel_harness import PATHS, Traced, attrs, by_kind, point_attrs, traced_gateway
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -46,7 +46,8 @@ def two_providers(path: str) -> Iterator[tuple[FakeProvider, FakeProvider, Trace
     """cheap on provider a; mid and big on provider b."""
     first, second = FakeProvider(kind="openai"), FakeProvider(kind="openai", reply_text="From B.")
     with serve_in_thread(first) as url_a, serve_in_thread(second) as url_b, \
-            traced_gateway(pool_config({"a": url_a, "b": url_b}), path) as tg:
+            traced_gateway(pool_config({"a": url_a, "b": url_b},
+                                       extra={"retry": NO_5XX_RETRY}), path) as tg:
         yield first, second, tg
 
 

@@ -124,7 +124,7 @@ def test_tool_use_round_trip(upstream: tuple[Kind, FakeProvider, str], stream: b
 def test_upstream_failure_falls_back_behind_the_same_endpoint(
         upstream: tuple[Kind, FakeProvider, str]) -> None:
     _, fake, url = upstream
-    fake.inject(Fault.status(503))
+    fake.inject(Fault.status(503), times=2)  # the attempt and its same-model retry
     raw = sdk(url).messages.with_raw_response.create(
         model="primary", max_tokens=10, messages=[{"role": "user", "content": "Hi"}])
     assert raw.headers["x-routegate-model"] == "backup"
