@@ -8,6 +8,7 @@ operator API (``middleware/admin.py``) when an admin token is configured.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ __all__ = ["AdaptiveExtension", "StaticView"]
 
 log = logging.getLogger("routegate")
 _RESERVATION = "routegate.reservation"
+_ADMIN = "routegate.admin"  # ctx.state: the request carries the admin token (feedback)
 
 
 class StaticView:
@@ -101,10 +103,11 @@ class AdaptiveExtension:
         config = gateway.config
         self.registry = HealthRegistry(config, self.clock)
         self.controls = Controls(self.wall)
-        self.limiter = ClientLimiter(config, self.wall)
+        self.limiter = ClientLimiter(config, self.wall, self.clock)
         self.feedback = FeedbackStore(self.registry, config.adaptive.feedback_memory)
         gateway.observers.add(_Observer(self))
         gateway.policy = self
+        gateway.authenticate = self.authenticate
         gateway.endpoints[config.server.prefix + "/feedback"] = self._feedback_endpoint
         self.configure_admin(config)
 
@@ -133,9 +136,25 @@ class AdaptiveExtension:
             return LiveView(self.registry, self.controls)
         return StaticView(self.registry, self.controls)
 
+    def authenticate(self, ctx: RequestContext) -> None:
+        """The gateway's check before any client endpoint reads its body: a known client key
+        (401 otherwise), or on the feedback endpoint the admin token as well."""
+        if not self.limiter.enabled:
+            return
+        if ctx.path == self.config.server.prefix + "/feedback" and self._is_admin(ctx.headers):
+            ctx.state[_ADMIN] = True
+            return
+        ctx.client = self.limiter.authenticate(ctx.headers)
+
+    def _is_admin(self, headers: dict[str, str]) -> bool:
+        token = self.admin.token
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        return (token is not None and scheme.lower() == "bearer"
+                and hmac.compare_digest(given.strip().encode(), token.encode()))
+
     def admit(self, ctx: RequestContext, request: ClientRequest, plan: Plan) -> None:
-        """Authenticate the client key and reserve budget (401/429), claim breaker probes."""
-        client = self.limiter.authenticate(ctx.headers)
+        """Reserve budget for the client ``authenticate`` found (429), claim breaker probes."""
+        client = ctx.client
         if client is not None:
             models = [self.config.models[name] for name in plan.models]
             ctx.state[_RESERVATION] = self.limiter.admit(client, reservation_usd(request, models))
@@ -156,9 +175,14 @@ class AdaptiveExtension:
                                  send: Send) -> RequestOutcome:
         if scope["method"] != "POST":
             raise GatewayError("Use POST for this endpoint", status=405, code="method_not_allowed")
-        self.limiter.authenticate(ctx.headers)
+        admin = ctx.state.get(_ADMIN, False) or (not self.limiter.enabled
+                                                 and self._is_admin(ctx.headers))
+        if not admin:
+            self.feedback.check_rate(ctx.client, self.config.adaptive.feedback_per_minute)
         body = await read_body(receive, ADMIN_BODY_LIMIT)
-        result = self.feedback.apply(body, self.config.categories)
+        result = self.feedback.apply(
+            body, self.config.categories, client=ctx.client,
+            admin_clients=(None, *self.config.clients) if admin else None)
         await send_json(send, 200, result)
         return RequestOutcome(200, "success")
 

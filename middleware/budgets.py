@@ -9,14 +9,21 @@ Budgets are concurrency-safe by reservation: admitting a request reserves its wo
 daily and monthly budgets, and settling it replaces the reservation with the real cost. Check
 and reserve happen in one synchronous step on the event loop, so however many requests arrive
 together, spent + reserved never exceeds the budget; the real cost can only come in under the
-reservation (unless a provider ignores ``max_tokens``).
+reservation (unless a provider ignores ``max_tokens``). Each reservation is held under its own
+ID and released exactly once, so overlapping requests can neither leave a phantom reservation
+behind nor cancel each other's; a reservation is never below the prompt's own cost.
+
+``requests_per_minute`` is a true sliding window: in any 60 seconds at most that many requests
+are admitted (no burst on top).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,7 +31,8 @@ from routegate.middleware.config import ClientConfig, GatewayConfig, ModelConfig
 from routegate.middleware.errors import GatewayError, Unauthorized
 from routegate.middleware.providers.base import ClientRequest
 
-__all__ = ["BudgetExceeded", "ClientLimiter", "Reservation", "hash_key", "reservation_usd"]
+__all__ = ["BudgetExceeded", "ClientLimiter", "RateLimited", "Reservation", "SlidingWindowLimit",
+           "hash_key", "reservation_usd"]
 
 # Output tokens reserved when a request sets no max_tokens.
 DEFAULT_RESERVED_OUTPUT_TOKENS = 4096
@@ -47,6 +55,29 @@ class RateLimited(GatewayError):
     code = "rate_limit_exceeded"
 
 
+class SlidingWindowLimit:
+    """At most ``limit`` events in any ``span_s`` seconds: the times of the admitted events in
+    the window, oldest first (memory is bounded by ``limit``)."""
+
+    __slots__ = ("_times", "limit", "span_s")
+
+    def __init__(self, limit: int, span_s: float = 60.0) -> None:
+        self.limit, self.span_s = limit, span_s
+        self._times: deque[float] = deque()
+
+    def retry_after(self, now: float) -> float:
+        """0 when an event may happen now, else the seconds until the oldest one slides out."""
+        times = self._times
+        while times and times[0] <= now - self.span_s:
+            times.popleft()
+        if len(times) < self.limit:
+            return 0.0
+        return times[0] + self.span_s - now
+
+    def add(self, now: float) -> None:
+        self._times.append(now)
+
+
 @dataclass(slots=True)
 class _Account:
     config: ClientConfig
@@ -54,12 +85,11 @@ class _Account:
     month: str = ""
     spent_day: float = 0.0
     spent_month: float = 0.0
-    reserved: float = 0.0
+    reserved: float = 0.0  # the sum of ``holds``
+    holds: dict[int, float] = field(default_factory=dict)  # reservation id -> USD, in flight
     requests: int = 0
     rejected: int = 0
-    tokens: float = 0.0  # rate limit bucket
-    refilled_at: float = 0.0
-    in_flight: int = 0
+    rate: SlidingWindowLimit | None = None
     history: dict[str, float] = field(default_factory=dict)  # day -> spent
 
 
@@ -67,6 +97,7 @@ class _Account:
 class Reservation:
     client: str
     amount: float
+    id: int = 0
 
 
 def reservation_usd(request: ClientRequest, models: list[ModelConfig]) -> float:
@@ -74,21 +105,26 @@ def reservation_usd(request: ClientRequest, models: list[ModelConfig]) -> float:
     token (generous), plus max_tokens (or 4096) of output, at the priciest model."""
     chat = request.chat
     prompt_tokens = sum(len(raw) for raw in request.fields.values())
-    output = chat.max_completion_tokens or chat.max_tokens or DEFAULT_RESERVED_OUTPUT_TOKENS
-    output *= chat.n or 1
+    # both limits set: some servers honour one, some the other, so reserve for the larger
+    output = max(chat.max_completion_tokens or 0, chat.max_tokens or 0)
+    output = output or DEFAULT_RESERVED_OUTPUT_TOKENS
+    # validated upstream (>= 1); clamped again so a reservation can never undercut the prompt
+    output = max(0, output) * max(1, chat.n or 1)
     if not models:
         return 0.0
-    return max(prompt_tokens * m.input_usd_per_mtok + output * m.output_usd_per_mtok
-               for m in models) / 1_000_000
+    return max(0.0, max(prompt_tokens * m.input_usd_per_mtok + output * m.output_usd_per_mtok
+                        for m in models) / 1_000_000)
 
 
 class ClientLimiter:
     """Authenticates client keys and holds their budgets and rate limits."""
 
-    def __init__(self, config: GatewayConfig, wall: Callable[[], float] = time.time) -> None:
-        self.wall = wall
+    def __init__(self, config: GatewayConfig, wall: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.wall, self.clock = wall, clock  # budget days; rate-limit windows
         self.accounts: dict[str, _Account] = {}
         self._by_digest: dict[str, str] = {}
+        self._ids = itertools.count(1)
         self.configure(config)
 
     @property
@@ -99,8 +135,14 @@ class ClientLimiter:
         """(Re)load client definitions; spending of clients that stay is kept."""
         accounts: dict[str, _Account] = {}
         for name, client in config.clients.items():
-            account = self.accounts.get(name) or _Account(client, tokens=client.requests_per_minute,
-                                                          refilled_at=self.wall())
+            account = self.accounts.get(name) or _Account(client)
+            rpm = client.requests_per_minute
+            if rpm <= 0:
+                account.rate = None
+            elif account.rate is None:
+                account.rate = SlidingWindowLimit(rpm)
+            else:
+                account.rate.limit = rpm  # the admissions already in the window still count
             account.config = client
             accounts[name] = account
         self.accounts = accounts
@@ -137,21 +179,22 @@ class ClientLimiter:
     def admit(self, client: str, amount: float) -> Reservation:
         """Rate limit, then reserve ``amount`` USD or raise 429 (check and reserve are one
         synchronous step: nothing else runs between them)."""
-        account = self.accounts[client]
+        if not 0.0 <= amount < math.inf:  # NaN, negative or infinite: fail closed, never open
+            raise ValueError(f"invalid reservation amount {amount!r}")
+        account = self.accounts.get(client)
+        if account is None:  # removed by a reload since the key was checked
+            raise Unauthorized("Invalid API key")
         config = account.config
-        now = self.wall()
-        self._roll(account, now)
-        if config.requests_per_minute > 0:
-            rate = config.requests_per_minute / 60.0
-            account.tokens = min(float(config.requests_per_minute),
-                                 account.tokens + (now - account.refilled_at) * rate)
-            account.refilled_at = now
-            if account.tokens < 1.0:
+        self._roll(account, self.wall())
+        rate, now = account.rate, self.clock()
+        if rate is not None:
+            wait = rate.retry_after(now)
+            if wait > 0:
                 account.rejected += 1
-                wait = math.ceil((1.0 - account.tokens) / rate)
+                seconds = max(1, math.ceil(wait))
                 raise RateLimited(f"Rate limit of {config.requests_per_minute} requests per "
-                                  f"minute reached for client `{client}`; retry in {wait}s",
-                                  headers={"retry-after": str(wait)})
+                                  f"minute reached for client `{client}`; retry in {seconds}s",
+                                  headers={"retry-after": str(seconds)})
         for label, limit, spent in (("daily", config.daily_usd, account.spent_day),
                                     ("monthly", config.monthly_usd, account.spent_month)):
             if limit > 0 and spent + account.reserved + amount > limit:
@@ -160,22 +203,27 @@ class ClientLimiter:
                     f"The {label} budget of ${limit:g} for client `{client}` is exhausted "
                     f"(spent ${spent:.4f}, ${account.reserved:.4f} reserved by requests in "
                     f"flight, this request may cost up to ${amount:.4f})")
-        if config.requests_per_minute > 0:
-            account.tokens -= 1.0
+        if rate is not None:
+            rate.add(now)
+        reservation = Reservation(client, amount, next(self._ids))
+        account.holds[reservation.id] = amount
         account.reserved += amount
         account.requests += 1
-        account.in_flight += 1
-        return Reservation(client, amount)
+        return reservation
 
     def settle(self, reservation: Reservation, cost: float | None) -> None:
-        """Replace the reservation with the real cost (the reservation when unknown)."""
+        """Release exactly this reservation and charge the real cost (the reservation when
+        unknown). A second settle of the same reservation does nothing."""
         account = self.accounts.get(reservation.client)
         if account is None:  # removed by a reload while in flight
             return
-        account.reserved = max(0.0, account.reserved - reservation.amount)
-        account.in_flight -= 1
+        held = account.holds.pop(reservation.id, None)
+        if held is None:  # settled already, or the client was removed and re-added
+            return
+        # the sum of what is still held, exactly 0 once nothing is: no float drift, no clamp
+        account.reserved = account.reserved - held if account.holds else 0.0
         self._roll(account, self.wall())
-        charged = reservation.amount if cost is None else cost
+        charged = held if cost is None or not math.isfinite(cost) else max(0.0, cost)
         account.spent_day += charged
         account.spent_month += charged
 
@@ -191,5 +239,5 @@ class ClientLimiter:
                          "daily_usd": c.daily_usd, "monthly_usd": c.monthly_usd,
                          "requests_per_minute": c.requests_per_minute,
                          "requests": account.requests, "rejected": account.rejected,
-                         "in_flight": account.in_flight}
+                         "in_flight": len(account.holds)}
         return out

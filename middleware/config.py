@@ -228,6 +228,7 @@ class AdaptiveConfig(_Section, frozen=True):
     breaker: BreakerConfig = BreakerConfig()
     slo: SloConfig = SloConfig()
     feedback_memory: int = 100_000  # request ids remembered for /v1/feedback
+    feedback_per_minute: int = 600  # feedback posts per client key (sliding minute); 0: no limit
 
 
 class AdminConfig(_Section, frozen=True):
@@ -312,6 +313,7 @@ def parse_config(raw: dict[str, Any]) -> GatewayConfig:
         }
     config = msgspec.structs.replace(base, **decoded)
     _check_references(config)
+    _check_limits(config)
     return config
 
 
@@ -374,6 +376,31 @@ def _check_references(config: GatewayConfig) -> None:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ConfigError(f"clients.{_key(name)}.key_sha256: must be a sha256 hex digest "
                               "(64 hex characters), never the key itself")
+
+
+# Upper bounds that no real deployment reaches but that keep budget arithmetic finite.
+_MAX_USD = 1e9
+_MAX_PER_MINUTE = 1_000_000
+
+
+def _check_limits(config: GatewayConfig) -> None:
+    """Prices, windows, budgets and rates feed the budget reservations: bounded, never
+    negative (a negative price would make a reservation a refund)."""
+    checks: list[tuple[str, float, float, float]] = [
+        ("adaptive.feedback_per_minute", config.adaptive.feedback_per_minute, 0, _MAX_PER_MINUTE)]
+    for name, model in config.models.items():
+        where = f"models.{_key(name)}"
+        checks += [(f"{where}.input_usd_per_mtok", model.input_usd_per_mtok, 0, _MAX_USD),
+                   (f"{where}.output_usd_per_mtok", model.output_usd_per_mtok, 0, _MAX_USD),
+                   (f"{where}.context_window", model.context_window, 1, 1 << 31)]
+    for name, client in config.clients.items():
+        where = f"clients.{_key(name)}"
+        checks += [(f"{where}.daily_usd", client.daily_usd, 0, _MAX_USD),
+                   (f"{where}.monthly_usd", client.monthly_usd, 0, _MAX_USD),
+                   (f"{where}.requests_per_minute", client.requests_per_minute, 0, _MAX_PER_MINUTE)]
+    for key, value, low, high in checks:
+        if not low <= value <= high:  # also catches NaN
+            raise ConfigError(f"{key}: must be within {low:g}..{high:g}")
 
 
 def load_config(path: str | Path) -> GatewayConfig:

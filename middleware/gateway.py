@@ -91,6 +91,13 @@ class Gateway:
         }
         self.prefix_endpoints: list[tuple[str, Endpoint]] = []  # e.g. ("/admin", handler)
         self.policy: ChatPolicy | None = None  # set by the adaptive extension
+        # Client-key check for every path in ``endpoints`` (not the ``/admin`` tree, which has
+        # its own token), run before the endpoint reads or validates anything; set by the
+        # adaptive extension. Raises Unauthorized; may set ``ctx.client``.
+        self.authenticate: Callable[[RequestContext], None] | None = None
+        # Error bodies in another API's shape for some paths (Anthropic's for /messages)
+        self.error_bodies: dict[str, Callable[[GatewayError], bytes]] = {}
+        self.max_output_tokens = 0  # the pool's largest context window (0: no pool)
         self.status: dict[str, Callable[[], object]] = {}  # extensions' parts of /readyz
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -162,6 +169,7 @@ class Gateway:
         # -- swap: no await from here on --
         self.config, self.pool, self.available = config, pool, frozenset(pool)
         self._relay, self._models_body, self.skipped_providers = relay, models_body, skipped
+        self.max_output_tokens = max((m.context_window for m in config.models.values()), default=0)
         return skipped
 
     async def stop(self) -> None:
@@ -180,15 +188,13 @@ class Gateway:
             self.local is None or self.local.alive)
 
     def handles(self, path: str) -> bool:
-        return self._endpoint(path) is not None
+        return path in self.endpoints or self._prefix_endpoint(path) is not None
 
-    def _endpoint(self, path: str) -> Endpoint | None:
-        endpoint = self.endpoints.get(path)
-        if endpoint is None:
-            for prefix, handler in self.prefix_endpoints:
-                if path == prefix or path.startswith(prefix + "/"):
-                    return handler
-        return endpoint
+    def _prefix_endpoint(self, path: str) -> Endpoint | None:
+        for prefix, handler in self.prefix_endpoints:
+            if path == prefix or path.startswith(prefix + "/"):
+                return handler
+        return None
 
     # -- requests --------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -201,9 +207,13 @@ class Gateway:
             path=path, headers=headers, started_at=time.perf_counter())
         if self.observers:
             self.observers.on_request(ctx)
-        endpoint = self._endpoint(path)
+        endpoint = self.endpoints.get(path)
+        authenticate = self.authenticate if endpoint is not None else None
+        endpoint = endpoint or self._prefix_endpoint(path)
         assert endpoint is not None, "RouterMiddleware only calls the gateway for its paths"
         try:
+            if authenticate is not None:  # 401 before a byte of the body is read
+                authenticate(ctx)
             outcome = await endpoint(scope, ctx, receive, send)
         except GatewayError as exc:
             outcome = RequestOutcome(exc.status, "client_error" if exc.status < 500 else "error",
@@ -241,6 +251,7 @@ class Gateway:
         """Classify (for ``auto``), plan and relay one OpenAI-format request; the answer goes
         to ``send`` in OpenAI format (other ingress formats wrap ``send`` to translate)."""
         assert self._relay is not None, "Gateway.start() was not awaited"
+        _check_output_tokens(request, self.max_output_tokens)
         ctx.requested_model, ctx.stream = request.chat.model, request.stream
         classification: Classification | None = None
         if request.chat.model in AUTO_MODELS:
@@ -266,7 +277,8 @@ class Gateway:
         if any(attempt.committed for attempt in ctx.attempts):
             return  # the answer already started; the relay ended it in-band
         extra = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
-        await _respond(send, exc.status, exc.body(), ctx, extra)
+        render = self.error_bodies.get(ctx.path)
+        await _respond(send, exc.status, exc.body() if render is None else render(exc), ctx, extra)
 
 
 def _decode_request(body: bytes) -> ClientRequest:
@@ -284,6 +296,17 @@ def _decode_request(body: bytes) -> ClientRequest:
         raise InvalidRequest("`messages` must contain at least one message", param="messages")
     include_usage = chat.stream_options is not None and chat.stream_options.include_usage
     return ClientRequest(fields, chat, include_usage)
+
+
+def _check_output_tokens(request: ClientRequest, limit: int) -> None:
+    """No answer can be longer than the largest context window of the pool; a larger limit is
+    a mistake (or an attempt to make the budget reservation meaningless)."""
+    chat = request.chat
+    for name, value in (("max_tokens", chat.max_tokens),
+                        ("max_completion_tokens", chat.max_completion_tokens)):
+        if value is not None and limit and value > limit:
+            raise InvalidRequest(f"`{name}` is {value}, more than the largest context window "
+                                 f"of this gateway's models ({limit} tokens)", param=name)
 
 
 def _explain(error: str) -> tuple[str, str | None]:

@@ -149,6 +149,16 @@ class Tracker:
                 window = self.quality[category] = Window(*WINDOWS["1h"])
             window.add(now, sample)
 
+    def retract_quality(self, at: float, category: str | None, score: float) -> None:
+        """Undo ``add_quality(at, ...)`` (a replaced vote); the stats windows got it merged at
+        its tick's start, the same bucket (the decision window never reads quality)."""
+        self._fold()
+        self._quality_version += 1
+        sample = Sample(quality=score)
+        for window in (*self.windows.values(), self.quality.get(category or "")):
+            if window is not None:
+                window.retract(at, sample)
+
 
 class HealthRegistry:
     """Trackers and breakers for every pool model and provider, fed by attempt outcomes."""
@@ -206,11 +216,12 @@ class HealthRegistry:
         if sample.ok is not None and verdict:
             self.breakers[model].record(now, sample.ok, tracker, request_id)
 
-    def record_quality(self, model: str, category: str | None, score: float) -> bool:
+    def record_quality(self, model: str, category: str | None, score: float,
+                       now: float | None = None) -> bool:
         tracker = self.models.get(model)
         if tracker is None:
             return False
-        tracker.add_quality(self.clock(), category, score)
+        tracker.add_quality(self.clock() if now is None else now, category, score)
         return True
 
     def model_names(self) -> Iterable[str]:

@@ -64,6 +64,8 @@ class AnthropicIngress:
         prefix = gateway.config.server.prefix
         gateway.endpoints[prefix + "/messages"] = self.messages
         gateway.endpoints[prefix + "/messages/count_tokens"] = self.count_tokens
+        for path in (prefix + "/messages", prefix + "/messages/count_tokens"):
+            gateway.error_bodies[path] = _error_body  # e.g. the 401 the gateway answers itself
 
     async def start(self, gateway: Gateway) -> None:
         self.register(gateway)
@@ -112,6 +114,10 @@ class AnthropicIngress:
         await _respond(send, ctx, 200, _encode({"input_tokens": usage.prompt_tokens}),
                        [(b"x-routegate-estimated", b"true")])
         return RequestOutcome(200, "success")
+
+
+def _error_body(exc: GatewayError) -> bytes:
+    return anthropic_error_body(exc.status, exc.message)
 
 
 def _message(exc: GatewayError) -> str:

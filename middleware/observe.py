@@ -67,6 +67,7 @@ class RequestContext:
     path: str
     headers: dict[str, str]  # lower-case request headers (never logged or traced wholesale)
     started_at: float
+    client: str | None = None  # the client key's name (None: the gateway has no client keys)
     requested_model: str = ""
     stream: bool = False
     category: str | None = None

@@ -226,6 +226,18 @@ class Window:
         self._buckets[slot].merge(agg)
         self._total.merge(agg)
 
+    def retract(self, at: float, sample: Sample) -> None:
+        """Take back ``sample``, added at ``at`` (a feedback vote replaced by a later one);
+        nothing if its bucket has slid out of the window already."""
+        epoch = int(at // self._bucket_s)
+        slot = epoch % len(self._buckets)
+        if self._stamps[slot] != epoch:
+            return
+        gone = Aggregate()
+        gone.add(sample, sample_bins(sample))
+        self._buckets[slot].subtract(gone)
+        self._total.subtract(gone)
+
     def counts(self, now: float) -> tuple[int, int]:
         """(successes, failures) in the window: what a breaker needs, without percentiles."""
         self._advance(now)

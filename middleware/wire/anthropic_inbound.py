@@ -58,8 +58,10 @@ def from_anthropic_request(body: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"messages.{index}.content: Field required")
     out: dict[str, Any] = {"model": model, "messages": messages}
     max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int):
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
         raise ValueError("max_tokens: Field required")
+    if max_tokens < 1:  # a negative limit would turn the budget reservation into a refund
+        raise ValueError("max_tokens: Input should be greater than or equal to 1")
     out["max_tokens"] = max_tokens
     for name in ("temperature", "top_p"):
         if isinstance(body.get(name), int | float):

@@ -7,11 +7,12 @@ untouched, so every field the gateway does not know is forwarded byte for byte) 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 __all__ = [
+    "MAX_N",
     "ChatCompletion",
     "ChatMessage",
     "ChatRequest",
@@ -21,6 +22,13 @@ __all__ = [
     "Usage",
     "message_text",
 ]
+
+# Choices per request. OpenAI allows up to 128; every choice multiplies the output that the
+# budget reserves, and no routing use needs more than a handful.
+MAX_N = 16
+# Output-token limits are positive; the gateway also caps them at the pool's largest context
+# window (``Gateway.serve_chat``), this only keeps the arithmetic in machine range.
+_OutputTokens = Annotated[int, msgspec.Meta(ge=1, le=(1 << 31) - 1)]
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -40,9 +48,9 @@ class ChatRequest(msgspec.Struct):
     messages: list[ChatMessage]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    n: int | None = None
+    max_tokens: _OutputTokens | None = None
+    max_completion_tokens: _OutputTokens | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=MAX_N)] | None = None
 
 
 class Usage(msgspec.Struct):
