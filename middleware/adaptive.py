@@ -160,12 +160,12 @@ class AdaptiveExtension:
             ctx.state[_RESERVATION] = self.limiter.admit(client, reservation_usd(request, models))
         probes = plan.probes
         if probes:
-            self.registry.claim_probes(ctx.request_id, probes)
+            self.registry.claim_probes(ctx.owner, probes)
             ctx.probes = probes
 
     def settle(self, ctx: RequestContext) -> None:
         if ctx.probes:
-            self.registry.release_probes(ctx.request_id)
+            self.registry.release_probes(ctx.owner)
         reservation: Reservation | None = ctx.state.pop(_RESERVATION, None)
         if reservation is not None:
             self.limiter.settle(reservation, _request_cost(ctx.attempts))

@@ -37,7 +37,7 @@ class Breaker:
         self.wait_s = 0.0  # the current backoff step
         self.opens = 0
         self.probes_failed = 0  # since the breaker last opened
-        self.probe_owner: str | None = None  # request id holding the single probe
+        self.probe_owner: str | None = None  # RequestContext.owner of the single probe
         self.reason = ""
 
     def state(self, now: float) -> BreakerState:
@@ -58,17 +58,17 @@ class Breaker:
         """Half-open and nobody probing yet: the next planned request may try the model."""
         return self.state(now) == "half_open" and self.probe_owner is None
 
-    def claim_probe(self, request_id: str) -> None:
-        self.probe_owner = request_id
+    def claim_probe(self, owner: str) -> None:
+        self.probe_owner = owner
 
-    def release_probe(self, request_id: str) -> None:
-        if self.probe_owner == request_id:
+    def release_probe(self, owner: str) -> None:
+        if self.probe_owner == owner:
             self.probe_owner = None
 
-    def record(self, now: float, ok: bool, window: _Counts, request_id: str | None = None) -> None:
+    def record(self, now: float, ok: bool, window: _Counts, owner: str | None = None) -> None:
         """One verdict; ``window`` (the decision window's counts, this verdict included) is
-        read only on failures. ``request_id`` tells the probe from requests planned before the
-        breaker opened."""
+        read only on failures. ``owner`` (the request's ``RequestContext.owner``) tells the
+        probe from requests planned before the breaker opened."""
         if ok:
             self.consecutive = 0
             if self._open:
@@ -77,7 +77,7 @@ class Breaker:
         self.consecutive += 1
         config = self.config
         if self._open:
-            probe = (self.probe_owner is not None and self.probe_owner == request_id) or (
+            probe = (self.probe_owner is not None and self.probe_owner == owner) or (
                 self.probe_owner is None and now >= self._probe_at())
             if probe:  # wait again, twice as long (a request planned before the open: no change)
                 self.opened_at, self.probe_owner, self.reason = now, None, "probe failed"

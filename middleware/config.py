@@ -313,8 +313,12 @@ def parse_config(raw: dict[str, Any]) -> GatewayConfig:
         }
     config = msgspec.structs.replace(base, **decoded)
     _check_references(config)
-    _check_limits(config)
     return config
+
+
+# Upper bounds that no real deployment reaches but that keep budget arithmetic finite.
+_MAX_USD = 1e9
+_MAX_PER_MINUTE = 1_000_000
 
 
 def _within(path: str, value: float, low: float, high: float, *, open_low: bool = False) -> None:
@@ -334,14 +338,25 @@ def _check_breaker(path: str, breaker: BreakerConfig) -> None:
 
 
 def _check_bounds(config: GatewayConfig) -> None:
+    """Numeric keys within sane bounds. Prices, windows, budgets and rates feed the budget
+    reservations: never negative (a negative price would make a reservation a refund), and
+    finite."""
     _within("retry.same_model_5xx", config.retry.same_model_5xx, 0, 3)
     _check_breaker("adaptive.breaker", config.adaptive.breaker)
+    _within("adaptive.feedback_per_minute", config.adaptive.feedback_per_minute, 0, _MAX_PER_MINUTE)
     for name, model in config.models.items():
         where = f"models.{_key(name)}"
         if model.breaker is not None:
             _check_breaker(f"{where}.breaker", model.breaker)
         if model.context_window is not None:
             _within(f"{where}.context_window", model.context_window, 1, 100_000_000)
+        _within(f"{where}.input_usd_per_mtok", model.input_usd_per_mtok, 0, _MAX_USD)
+        _within(f"{where}.output_usd_per_mtok", model.output_usd_per_mtok, 0, _MAX_USD)
+    for name, client in config.clients.items():
+        where = f"clients.{_key(name)}"
+        _within(f"{where}.daily_usd", client.daily_usd, 0, _MAX_USD)
+        _within(f"{where}.monthly_usd", client.monthly_usd, 0, _MAX_USD)
+        _within(f"{where}.requests_per_minute", client.requests_per_minute, 0, _MAX_PER_MINUTE)
 
 
 def _check_references(config: GatewayConfig) -> None:
@@ -376,31 +391,6 @@ def _check_references(config: GatewayConfig) -> None:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ConfigError(f"clients.{_key(name)}.key_sha256: must be a sha256 hex digest "
                               "(64 hex characters), never the key itself")
-
-
-# Upper bounds that no real deployment reaches but that keep budget arithmetic finite.
-_MAX_USD = 1e9
-_MAX_PER_MINUTE = 1_000_000
-
-
-def _check_limits(config: GatewayConfig) -> None:
-    """Prices, windows, budgets and rates feed the budget reservations: bounded, never
-    negative (a negative price would make a reservation a refund)."""
-    checks: list[tuple[str, float, float, float]] = [
-        ("adaptive.feedback_per_minute", config.adaptive.feedback_per_minute, 0, _MAX_PER_MINUTE)]
-    for name, model in config.models.items():
-        where = f"models.{_key(name)}"
-        checks += [(f"{where}.input_usd_per_mtok", model.input_usd_per_mtok, 0, _MAX_USD),
-                   (f"{where}.output_usd_per_mtok", model.output_usd_per_mtok, 0, _MAX_USD),
-                   (f"{where}.context_window", model.context_window, 1, 1 << 31)]
-    for name, client in config.clients.items():
-        where = f"clients.{_key(name)}"
-        checks += [(f"{where}.daily_usd", client.daily_usd, 0, _MAX_USD),
-                   (f"{where}.monthly_usd", client.monthly_usd, 0, _MAX_USD),
-                   (f"{where}.requests_per_minute", client.requests_per_minute, 0, _MAX_PER_MINUTE)]
-    for key, value, low, high in checks:
-        if not low <= value <= high:  # also catches NaN
-            raise ConfigError(f"{key}: must be within {low:g}..{high:g}")
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -169,7 +169,7 @@ class Gateway:
         # -- swap: no await from here on --
         self.config, self.pool, self.available = config, pool, frozenset(pool)
         self._relay, self._models_body, self.skipped_providers = relay, models_body, skipped
-        self.max_output_tokens = max((m.context_window for m in config.models.values()), default=0)
+        self.max_output_tokens = max((m.window for m in config.models.values()), default=0)
         return skipped
 
     async def stop(self) -> None:
@@ -266,7 +266,7 @@ class Gateway:
                           None if policy is None else policy.route_view(ctx))
         if policy is None:
             return await self._relay.run(ctx, request, plan.models, send, receive)
-        policy.admit(ctx, request, plan)  # client key, budget reservation (401/429)
+        policy.admit(ctx, request, plan)  # budget reservation (429), breaker probes
         try:
             return await self._relay.run(ctx, request, plan.models, send,
                                          receive)

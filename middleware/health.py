@@ -200,7 +200,7 @@ class HealthRegistry:
         return (entry.slo if entry is not None and entry.slo is not None
                 else self.config.adaptive.slo)
 
-    def record(self, model: str, provider: str, sample: Sample, request_id: str | None = None,
+    def record(self, model: str, provider: str, sample: Sample, owner: str | None = None,
                verdict: bool = True) -> None:
         """One attempt's sample into the model's and provider's windows; with ``verdict`` its
         success or failure also goes to the model's breaker."""
@@ -214,7 +214,7 @@ class HealthRegistry:
         if provider_tracker is not None:
             provider_tracker.add(now, sample, bins)
         if sample.ok is not None and verdict:
-            self.breakers[model].record(now, sample.ok, tracker, request_id)
+            self.breakers[model].record(now, sample.ok, tracker, owner)
 
     def record_quality(self, model: str, category: str | None, score: float,
                        now: float | None = None) -> bool:
@@ -227,16 +227,16 @@ class HealthRegistry:
     def model_names(self) -> Iterable[str]:
         return self.models.keys()
 
-    def claim_probes(self, request_id: str, models: Iterable[str]) -> None:
+    def claim_probes(self, owner: str, models: Iterable[str]) -> None:
         for name in models:
             breaker = self.breakers.get(name)
             if breaker is not None and breaker.probe_owner is None:
-                breaker.claim_probe(request_id)
+                breaker.claim_probe(owner)
 
-    def release_probes(self, request_id: str) -> None:
+    def release_probes(self, owner: str) -> None:
         for breaker in self.breakers.values():
-            if breaker.probe_owner == request_id:
-                breaker.release_probe(request_id)
+            if breaker.probe_owner == owner:
+                breaker.release_probe(owner)
 
 
 class Controls:
@@ -343,7 +343,7 @@ class HealthObserver:
     def on_attempt_end(self, ctx: RequestContext, attempt: AttemptInfo) -> None:
         # a failure retried on the same model counts in the windows; the retry is the verdict
         self.registry.record(attempt.model, attempt.provider, attempt_sample(attempt),
-                             ctx.request_id, verdict=not attempt.retried)
+                             ctx.owner, verdict=not attempt.retried)
 
     def on_request_end(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
         pass  # probe claims are released by the policy's settle (it always runs)

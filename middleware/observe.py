@@ -80,6 +80,12 @@ class RequestContext:
     recoveries: int = 0  # streams broken mid-answer and continued on another model
     probes: tuple[str, ...] = ()  # models this request probes (half-open breakers)
 
+    @property
+    def owner(self) -> str:
+        """Unique among requests in flight, unlike ``request_id`` (a client may repeat its
+        x-request-id): keys what one request holds, such as a breaker's probe."""
+        return f"{id(self):x}"
+
 
 class Observer(Protocol):
     def on_request(self, ctx: RequestContext) -> None: ...
