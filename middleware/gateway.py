@@ -18,7 +18,7 @@ import msgspec
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
 from routegate.middleware.config import ConfigError, GatewayConfig
-from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadTooLarge, invalid_json
 from routegate.middleware.local import LocalModelServer
 from routegate.middleware.observe import Observers, RequestContext, RequestOutcome
 from routegate.middleware.pool import PoolModel
@@ -271,15 +271,17 @@ class Gateway:
 
 def _decode_request(body: bytes) -> ClientRequest:
     try:
-        fields = _fields_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not a JSON object: {exc}",
-                             code="invalid_json") from exc
+        fields = _fields_decoder.decode(body)  # not an object: invalid_json too
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise invalid_json(exc) from exc
     try:
         chat = _chat_decoder.decode(body)
     except msgspec.ValidationError as exc:
         message, param = _explain(str(exc))
         raise InvalidRequest(f"Invalid request: {message}", param=param) from exc
+    except (msgspec.DecodeError, RecursionError) as exc:
+        # Raw fields skip string contents: invalid UTF-8 shows up in the typed decode
+        raise invalid_json(exc) from exc
     if not chat.messages:
         raise InvalidRequest("`messages` must contain at least one message", param="messages")
     include_usage = chat.stream_options is not None and chat.stream_options.include_usage
