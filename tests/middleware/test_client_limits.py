@@ -57,10 +57,14 @@ def read_until_closed(sock: socket.socket, limit_s: float = 5.0) -> bytes:
     return data
 
 
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["first", "after-a-request"])
 def test_oversized_header_section_is_431_and_closed(
-        fake_openai: tuple[FakeProvider, str]) -> None:
+        fake_openai: tuple[FakeProvider, str], keep_alive: bool) -> None:
     with gateway(fake_openai[1], max_header_bytes=65536) as address, \
             closing(connect(address)) as sock:
+        if keep_alive:
+            sock.sendall(GET)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
         head = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 100_000 + b"\r\n\r\n"
         with suppress(OSError):  # the server may stop reading once it has answered
             sock.sendall(head)
