@@ -251,7 +251,9 @@ class FakeProvider:
             return
         fault = self._take_fault(call.model)
         if isinstance(fault, StatusFault | ErrorMidStreamFault) and fault.echo_headers:
-            echo = "; ".join(f"{k}: {v}" for k, v in headers.items())
+            # credentials first, as "invalid key ..." messages do: truncation keeps them
+            order = sorted(headers.items(), key=lambda kv: not ("auth" in kv[0] or "key" in kv[0]))
+            echo = "; ".join(f"{k}: {v}" for k, v in order)
             fault = replace(fault, message=(
                 f"Invalid request (headers received: {echo}; query: {query})"))
         rid = b"%s%08x" % (self._id_prefix, next(self._ids))
