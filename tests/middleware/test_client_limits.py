@@ -3,6 +3,7 @@ serves through the same class): raw sockets, short limits, assertions on outcome
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import select
@@ -158,8 +159,14 @@ def test_connection_cap_refuses_extra_connections_until_one_is_released(
 
 def test_uvicorn_internals_the_protocol_relies_on() -> None:
     """Fails loudly when an uvicorn release moves what GuardedHttpToolsProtocol uses."""
-    config = uvicorn.Config(app=lambda *a: None, http="httptools")
-    protocol = httptools_impl.HttpToolsProtocol(config, ServerState(), {})
+    async def app(scope: Any, receive: Any, send: Any) -> None: ...
+
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = httptools_impl.HttpToolsProtocol(
+            uvicorn.Config(app=app, http="httptools"), ServerState(), {}, loop)
+    finally:
+        loop.close()
     for attribute in ("connections", "cycle", "timeout_keep_alive", "transport", "flow",
                       "loop", "parser"):
         assert hasattr(protocol, attribute), attribute
