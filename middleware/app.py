@@ -34,7 +34,11 @@ class _HealthApp:
         if scope["type"] != "http":
             return
         path = scope["path"]
-        if path == "/healthz":
+        if path in ("/healthz", "/readyz") and scope["method"] not in ("GET", "HEAD"):
+            await _json_response(send, 405, error_body(
+                f"Use GET for {path}", "invalid_request_error", "method_not_allowed"),
+                [(b"allow", b"GET, HEAD")])
+        elif path == "/healthz":
             await _json_response(send, 200, b'{"status":"ok"}')
         elif path == "/readyz" and self.router is not None:
             gateway = self.router.gateway
@@ -62,10 +66,11 @@ async def _lifespan_noop(receive: Receive, send: Send) -> None:
             return
 
 
-async def _json_response(send: Send, status: int, body: bytes) -> None:
+async def _json_response(send: Send, status: int, body: bytes,
+                         extra: list[tuple[bytes, bytes]] | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *(extra or ())]})
     await send({"type": "http.response.body", "body": body})
 
 

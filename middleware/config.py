@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -153,6 +153,12 @@ class ServerConfig(_Section, frozen=True):
     # FastTransport (middleware/transport.py: the least CPU per request, measured in
     # bench/gateway_bench.py). All keep keep-alive connections per provider.
     upstream_transport: Literal["httpx", "aiohttp", "fast"] = "fast"
+    # Slow and oversized clients (``routegate serve`` only; see middleware/http_protocol.py)
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 64 * 1024
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0  # connect -> head
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0  # head -> whole body
+    keepalive_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0  # idle between
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
 
 
 class RetryConfig(_Section, frozen=True):

@@ -9,8 +9,9 @@
     │                                 invalid parameter): returned with its reason, not retried
     └── AllAttemptsFailed    502/503/504  every attempt of the plan failed (lists them)
 
-Messages never carry secrets: upstream bodies are only echoed for client-caused 4xx errors,
-and those never contain our keys.
+A plain ``GatewayError`` with a 4xx ``status`` (404 no route, 405 wrong method, ...) gets the
+type OpenAI uses for that status, not ``server_error``. Upstream text (bodies, codes, details)
+reaches these messages only through the relay's :class:`~routegate.middleware.scrub.Scrubber`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "Unauthorized",
     "UpstreamRejected",
     "error_body",
+    "invalid_json",
 ]
 
 
@@ -49,6 +51,11 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
     return _encoder.encode(ErrorBody(ErrorDetail(message=message, type=type_, param=param, code=code)))
 
 
+# OpenAI's error types by status; every other 4xx is an ``invalid_request_error``.
+_TYPE_BY_STATUS = {401: "authentication_error", 403: "permission_error",
+                   429: "rate_limit_error"}
+
+
 class GatewayError(Exception):
     status: int = 500
     type: str = "server_error"
@@ -63,6 +70,8 @@ class GatewayError(Exception):
             self.code = code
         if status is not None:
             self.status = status
+        if self.status < 500 and self.type == "server_error":
+            self.type = _TYPE_BY_STATUS.get(self.status, "invalid_request_error")
         self.headers = headers or {}
 
     def body(self) -> bytes:
@@ -73,6 +82,13 @@ class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+def invalid_json(exc: Exception) -> InvalidRequest:
+    """400 for a client body that does not decode (syntax, invalid UTF-8, or nested deeper
+    than the decoder recurses: msgspec raises RecursionError for that, not DecodeError)."""
+    reason = ("nested too deeply" if isinstance(exc, RecursionError) else str(exc))
+    return InvalidRequest(f"The request body is not valid JSON: {reason}", code="invalid_json")
 
 
 class Unauthorized(GatewayError):

@@ -18,7 +18,7 @@ import msgspec
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
 from routegate.middleware.config import ConfigError, GatewayConfig
-from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadTooLarge, invalid_json
 from routegate.middleware.local import LocalModelServer
 from routegate.middleware.observe import Observers, RequestContext, RequestOutcome
 from routegate.middleware.pool import PoolModel
@@ -26,6 +26,7 @@ from routegate.middleware.providers import build_adapter
 from routegate.middleware.providers.base import ClientRequest, ProviderAdapter
 from routegate.middleware.relay import Relay
 from routegate.middleware.routing import AUTO_MODELS, Plan, RouteView, plan_route
+from routegate.middleware.scrub import Scrubber
 from routegate.middleware.transport import FastTransport
 from routegate.middleware.wire.openai import ChatRequest, message_text
 from routegate.sidecar.heuristic import HeuristicClassifier
@@ -142,6 +143,10 @@ class Gateway:
         assert self._client is not None, "install() needs the HTTP client from start()"
         adapters: dict[str, ProviderAdapter] = {}
         skipped: dict[str, str] = {}
+        keys = {name: self._environ(provider.api_key_env) if provider.api_key_env else None
+                for name, provider in config.providers.items()}
+        admin_token = self._environ(config.admin.token_env) if config.admin.token_env else None
+        scrubber = Scrubber(secret for secret in (*keys.values(), admin_token) if secret)
         for name, provider in config.providers.items():
             if provider.type == "local":
                 if not any(m.provider == name for m in config.models.values()):
@@ -150,17 +155,17 @@ class Gateway:
                     raise ConfigError(f"providers.{name}: starting or changing the local model "
                                       "needs a restart")
                 adapters[name] = build_adapter(msgspec.structs.replace(
-                    provider, base_url=self.local.base_url), None)
+                    provider, base_url=self.local.base_url), None, scrubber.bytes)
                 continue
-            key = self._environ(provider.api_key_env) if provider.api_key_env else None
+            key = keys[name]
             if provider.api_key_env and not key:
                 skipped[name] = f"{provider.api_key_env} is not set"
                 continue
-            adapters[name] = build_adapter(provider, key)
+            adapters[name] = build_adapter(provider, key, scrubber.bytes)
         pool = {name: PoolModel(name, model, model.provider, config.providers[model.provider],
                                 adapters[model.provider], config.upstream_name(name))
                 for name, model in config.models.items() if model.provider in adapters}
-        relay = Relay(config, self._client, pool, self.observers)
+        relay = Relay(config, self._client, pool, self.observers, scrubber)
         # "auto" first: the model name that asks the gateway to classify and route
         models_body = _json.encode({"object": "list", "data": [
             {"id": "auto", "object": "model", "created": 0, "owned_by": "routegate"},
@@ -283,15 +288,17 @@ class Gateway:
 
 def _decode_request(body: bytes) -> ClientRequest:
     try:
-        fields = _fields_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not a JSON object: {exc}",
-                             code="invalid_json") from exc
+        fields = _fields_decoder.decode(body)  # not an object: invalid_json too
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise invalid_json(exc) from exc
     try:
         chat = _chat_decoder.decode(body)
     except msgspec.ValidationError as exc:
         message, param = _explain(str(exc))
         raise InvalidRequest(f"Invalid request: {message}", param=param) from exc
+    except (msgspec.DecodeError, RecursionError) as exc:
+        # Raw fields skip string contents: invalid UTF-8 shows up in the typed decode
+        raise invalid_json(exc) from exc
     if not chat.messages:
         raise InvalidRequest("`messages` must contain at least one message", param="messages")
     include_usage = chat.stream_options is not None and chat.stream_options.include_usage

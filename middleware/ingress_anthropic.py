@@ -16,7 +16,7 @@ import msgspec
 
 from routegate.middleware.asgi_types import Message, Receive, Scope, Send
 from routegate.middleware.config import GatewayConfig
-from routegate.middleware.errors import GatewayError, InvalidRequest
+from routegate.middleware.errors import GatewayError, InvalidRequest, invalid_json
 from routegate.middleware.gateway import Gateway, read_body
 from routegate.middleware.observe import RequestContext, RequestOutcome
 from routegate.middleware.providers.base import ClientRequest
@@ -147,9 +147,8 @@ def _client_request(body: bytes, config: GatewayConfig, *,
                     count_only: bool = False) -> ClientRequest:
     try:
         decoded = _decode_any.decode(body)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}",
-                             code="invalid_json") from exc
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise invalid_json(exc) from exc
     if not isinstance(decoded, dict):
         raise InvalidRequest("The request body must be a JSON object", code="invalid_json")
     if count_only:  # count_tokens bodies carry no max_tokens

@@ -30,6 +30,7 @@ from routegate.middleware.providers.base import (
     UpstreamFailure,
 )
 from routegate.middleware.recovery import OutputTape, Splicer, continuation_request
+from routegate.middleware.scrub import Scrubber
 from routegate.middleware.tokens import TokenEstimator, UsageFiller, with_estimated_usage
 from routegate.middleware.transport import raw_chunks, send_upstream
 from routegate.middleware.wire.openai import Usage
@@ -44,8 +45,9 @@ _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 class Relay:
     def __init__(self, config: GatewayConfig, client: httpx.AsyncClient,
-                 pool: dict[str, PoolModel], observers: Observers) -> None:
+                 pool: dict[str, PoolModel], observers: Observers, scrubber: Scrubber) -> None:
         self._config = config
+        self._scrubber = scrubber
         self._client = client
         self._pool = pool
         self._observers = observers
@@ -235,10 +237,13 @@ class Relay:
         if self._observers:
             self._observers.on_attempt_start(ctx, attempt, upstream)
         if request.stream:
-            return await self._stream(ctx, attempt, pool_model, request, upstream,
-                                      min(timeouts.first_token_s, remaining), send, watch)
-        return await self._whole(ctx, attempt, pool_model, request, upstream,
-                                 min(timeouts.total_s, remaining), send, watch)
+            failure = await self._stream(ctx, attempt, pool_model, request, upstream,
+                                         min(timeouts.first_token_s, remaining), send, watch)
+        else:
+            failure = await self._whole(ctx, attempt, pool_model, request, upstream,
+                                        min(timeouts.total_s, remaining), send, watch)
+        # upstream text (error bodies, codes, messages) -> secret-free before anyone sees it
+        return None if failure is None else self._scrubber.failure(failure)
 
     async def _whole(self, ctx: RequestContext, attempt: AttemptInfo, pool_model: PoolModel,
                      request: ClientRequest, upstream: httpx.Request, limit: float,

@@ -313,7 +313,7 @@ def _input_messages(body: bytes) -> str | None:
     """The request's messages in the GenAI conventions' ``gen_ai.input.messages`` shape."""
     try:
         decoded: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     raw = decoded.get("messages") if isinstance(decoded, dict) else None
     if not isinstance(raw, list):

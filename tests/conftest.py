@@ -13,7 +13,7 @@ import pytest
 
 from bench.fakes import FakeProvider, serve_in_thread
 from routegate.middleware import GatewayConfig, create_app, parse_config
-from routegate.middleware.http_protocol import CoalescingHttpToolsProtocol
+from routegate.middleware.http_protocol import protocol_class
 
 # Fake providers demand a key like the real ones; the gateway reads it from this variable.
 os.environ.setdefault("ROUTEGATE_TEST_PROVIDER_KEY", "sk-test-provider-secret")
@@ -79,7 +79,7 @@ def running_gateway(config: GatewayConfig) -> Iterator[str]:
     """The standalone gateway app on a real server (with the HTTP protocol ``routegate serve``
     uses); yields its base URL."""
     with serve_in_thread(create_app(config), lifespan="on",
-                         http=CoalescingHttpToolsProtocol) as url:
+                         http=protocol_class(config.server)) as url:
         yield url
 
 

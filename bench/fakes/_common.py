@@ -243,8 +243,9 @@ class Wire(Protocol):
         """The provider's own error JSON for ``status``."""
         ...
 
-    def error_event(self, status: int, code: str | None, model: str) -> bytes:
-        """An in-band SSE error event."""
+    def error_event(self, status: int, code: str | None, model: str,
+                    message: str | None = None) -> bytes:
+        """An in-band SSE error event (``message`` overrides the default text)."""
         ...
 
     def malformed_event(self) -> bytes: ...

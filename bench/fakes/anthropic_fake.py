@@ -244,8 +244,9 @@ class AnthropicWire:
         obj = self._error_obj(status, code, message, model)
         return json_bytes({**obj, "request_id": "req_fake"})
 
-    def error_event(self, status: int, code: str | None, model: str) -> bytes:
-        return _event(self._error_obj(status, code, None, model))
+    def error_event(self, status: int, code: str | None, model: str,
+                    message: str | None = None) -> bytes:
+        return _event(self._error_obj(status, code, message, model))
 
     def malformed_event(self) -> bytes:
         return b"event: message_start\ndata: {not json\n\n"

@@ -12,6 +12,8 @@ A fault is a frozen value; build one with the constructors on :class:`Fault` and
     Fault.end_without_done(2, with_finish_reason=True)  # clean close, no [DONE]/message_stop
     Fault.error_mid_stream(2, 529)                      # in-band SSE error event, clean close
     Fault.malformed()                                   # invalid JSON / SSE data
+    Fault.status(400, echo_headers=True)                # error message echoes the request
+    Fault.error_mid_stream(2, 500, echo_headers=True)   #   headers (a leaky proxy: keys!)
     Fault.slow_chunks(0.2)                              # delay before every content chunk
     Fault.stall_mid_stream(2, 5.0)                      # pause once, then continue
 
@@ -70,13 +72,16 @@ class Fault:
         *,
         code: str | None = None,
         message: str | None = None,
+        echo_headers: bool = False,
     ) -> StatusFault:
         """Answer ``http_status`` with ``body`` (default: the provider's own error format).
 
         ``code`` picks a realistic body: ``"context_length_exceeded"``,
         ``"content_policy_violation"``, ``"rate_limit_exceeded"``, ``"insufficient_quota"``
         (OpenAI ``error.code``); for Anthropic any other value is used as ``error.type``
-        and for Gemini as ``error.status``. ``message`` overrides the message text.
+        and for Gemini as ``error.status``. ``message`` overrides the message text;
+        ``echo_headers`` appends the request's headers and query to it, as a careless
+        upstream or proxy does (provider key included).
         """
         if not 100 <= http_status <= 599:
             raise ValueError(f"HTTP status out of range: {http_status}")
@@ -90,7 +95,7 @@ class Fault:
         else:
             raw = msgspec.json.encode(dict(body))
         hdrs = tuple((k.lower(), v) for k, v in (headers or {}).items())
-        return StatusFault(http_status, raw, hdrs, code, message)
+        return StatusFault(http_status, raw, hdrs, code, message, echo_headers)
 
     @staticmethod
     def hang(seconds: float) -> HangFault:
@@ -131,15 +136,17 @@ class Fault:
 
     @staticmethod
     def error_mid_stream(
-        after_chunks: int, http_status: int = 529, *, code: str | None = None
+        after_chunks: int, http_status: int = 529, *, code: str | None = None,
+        echo_headers: bool = False,
     ) -> ErrorMidStreamFault:
         """Send ``after_chunks`` chunks, then an in-band error event, then close cleanly.
 
         The event carries the same error body ``Fault.status(http_status, code=code)`` would
-        (Anthropic: ``event: error``; OpenAI and Gemini: ``data: {"error": ...}``).
+        (Anthropic: ``event: error``; OpenAI and Gemini: ``data: {"error": ...}``);
+        ``echo_headers`` as for :meth:`status`.
         """
         _non_negative("after_chunks", after_chunks)
-        return ErrorMidStreamFault(after_chunks, http_status, code)
+        return ErrorMidStreamFault(after_chunks, http_status, code, echo_headers)
 
     @staticmethod
     def malformed() -> MalformedFault:
@@ -203,6 +210,7 @@ class StatusFault(Fault):
     headers: tuple[tuple[str, str], ...]
     code: str | None
     message: str | None
+    echo_headers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +239,8 @@ class ErrorMidStreamFault(Fault):
     after_chunks: int
     http_status: int
     code: str | None
+    echo_headers: bool = False
+    message: str | None = None  # set from the request when echo_headers
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,8 +235,9 @@ class GeminiWire:
         name, default_message = gemini_error_fields(status, code, model)
         return json_bytes({"error": {"code": status, "message": message or default_message, "status": name}})
 
-    def error_event(self, status: int, code: str | None, model: str) -> bytes:
-        return b"data: " + self.error_body(status, code, None, model) + b"\r\n\r\n"
+    def error_event(self, status: int, code: str | None, model: str,
+                    message: str | None = None) -> bytes:
+        return b"data: " + self.error_body(status, code, message, model) + b"\r\n\r\n"
 
     def malformed_event(self) -> bytes:
         return b"data: {not json\r\n\r\n"

@@ -284,8 +284,9 @@ class OpenAIWire:
             }
         )
 
-    def error_event(self, status: int, code: str | None, model: str) -> bytes:
-        return b"data: " + self.error_body(status, code, None, model) + b"\n\n"
+    def error_event(self, status: int, code: str | None, model: str,
+                    message: str | None = None) -> bytes:
+        return b"data: " + self.error_body(status, code, message, model) + b"\n\n"
 
     def malformed_event(self) -> bytes:
         return b"data: {not json\n\n"

@@ -250,11 +250,17 @@ class FakeProvider:
             await respond(send, 400, wire.json_headers, error(400, str(exc)))
             return
         fault = self._take_fault(call.model)
+        if isinstance(fault, StatusFault | ErrorMidStreamFault) and fault.echo_headers:
+            # credentials first, as "invalid key ..." messages do: truncation keeps them
+            order = sorted(headers.items(), key=lambda kv: not ("auth" in kv[0] or "key" in kv[0]))
+            echo = "; ".join(f"{k}: {v}" for k, v in order)
+            fault = replace(fault, message=(
+                f"Invalid request (headers received: {echo}; query: {query})"))
         rid = b"%s%08x" % (self._id_prefix, next(self._ids))
         if isinstance(fault, StatusFault):
             await self._status(send, call, fault)
         elif isinstance(fault, ErrorMidStreamFault) and not call.stream:
-            err = StatusFault(fault.http_status, None, (), fault.code, None)
+            err = StatusFault(fault.http_status, None, (), fault.code, fault.message)
             await self._status(send, call, err)
         elif isinstance(fault, HangFault):
             await self._hang(receive, path, call, fault)
@@ -379,7 +385,8 @@ class FakeProvider:
         if isinstance(fault, EndWithoutDoneFault):
             tail = head + (parts.finish if fault.with_finish_reason else b"")
         elif isinstance(fault, ErrorMidStreamFault):
-            tail = head + wire.error_event(fault.http_status, fault.code, call.model)
+            tail = head + wire.error_event(fault.http_status, fault.code, call.model,
+                                           fault.message)
         else:
             tail = head + parts.finish + parts.terminal
         await send(body_message(tail, False))

@@ -10,6 +10,7 @@ looked into.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -39,7 +40,9 @@ _POLICY_CODES = frozenset({"content_policy_violation", "content_filter", "modera
 
 
 class OpenAIAdapter:
-    def __init__(self, provider: ProviderConfig, api_key: str | None) -> None:
+    def __init__(self, provider: ProviderConfig, api_key: str | None,
+                 scrub: Callable[[bytes], bytes] | None = None) -> None:
+        self._scrub = scrub
         self._url = httpx.URL(provider.base_url.rstrip("/") + "/chat/completions")
         # identity: stream bytes are relayed raw, so they must not arrive compressed
         headers = {"content-type": "application/json", "accept-encoding": "identity",
@@ -78,7 +81,7 @@ class OpenAIAdapter:
                       finish_reasons=reasons)
 
     def stream_translator(self, request: ClientRequest) -> OpenAIStreamTranslator:
-        return OpenAIStreamTranslator(request.include_usage)
+        return OpenAIStreamTranslator(request.include_usage, self._scrub)
 
 
 def judge_openai_error(status: int, body: bytes, headers: httpx.Headers) -> UpstreamFailure:
@@ -110,11 +113,13 @@ def judge_openai_error(status: int, body: bytes, headers: httpx.Headers) -> Upst
 class OpenAIStreamTranslator:
     """Passes SSE events through unchanged, event by event, as they complete."""
 
-    __slots__ = ("_events", "_framer", "_include_usage", "done", "finish_reasons",
+    __slots__ = ("_events", "_framer", "_include_usage", "_scrub", "done", "finish_reasons",
                  "response_model", "usage")
 
-    def __init__(self, include_usage: bool) -> None:
+    def __init__(self, include_usage: bool,
+                 scrub: Callable[[bytes], bytes] | None = None) -> None:
         self._include_usage = include_usage
+        self._scrub = scrub  # for error events only: they may echo our request's headers
         self._framer = SSEFramer()
         self._events = 0
         self.usage: Usage | None = None
@@ -150,6 +155,8 @@ class OpenAIStreamTranslator:
         if data == b"[DONE]":
             self.done = True
             return event
+        if self._scrub is not None and b'"error"' in data:
+            event = self._scrub(event)
         try:
             chunk = _chunk.decode(data)
         except msgspec.DecodeError as exc:
