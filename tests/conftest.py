@@ -77,9 +77,10 @@ def answer_text(response: httpx.Response) -> str:
 @contextmanager
 def running_gateway(config: GatewayConfig) -> Iterator[str]:
     """The standalone gateway app on a real server (with the HTTP protocol ``routegate serve``
-    uses); yields its base URL."""
-    with serve_in_thread(create_app(config), lifespan="on",
-                         http=protocol_class(config.server)) as url:
+    uses); yields its base URL. Startup may wait ``classifier.startup_wait_s`` for the sidecar
+    (then degrades), so the server gets that long and 10 s more to come up."""
+    with serve_in_thread(create_app(config), lifespan="on", http=protocol_class(config.server),
+                         startup_timeout=config.classifier.startup_wait_s + 10.0) as url:
         yield url
 
 
