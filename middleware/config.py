@@ -39,6 +39,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "resolve_config_path",
+    "unsafe_header",
 ]
 
 DEFAULT_CATEGORIES: tuple[str, ...] = (
@@ -81,6 +82,13 @@ class ProviderConfig(_Section, frozen=True):
     headers: dict[str, str] = {}  # static, non-secret extra headers (e.g. anthropic-version)
     timeouts: Timeouts = Timeouts()
     default_max_tokens: int = 4096  # anthropic: max_tokens is required; used when none is set
+    # Upstream HTTP (middleware/upstream.py). proxy: "" follows HTTP(S)_PROXY / NO_PROXY,
+    # "direct" ignores them, a URL (credentials allowed) overrides them for this provider.
+    proxy: str = ""
+    ca_bundle: str = ""  # PEM file trusted instead of the system store + certifi
+    max_response_header_bytes: int = 64 * 1024
+    max_response_headers: int = 100
+    max_response_body_bytes: int = 32 * 1024 * 1024  # whole (non-streamed) answers only
 
 
 class BreakerConfig(_Section, frozen=True):
@@ -138,10 +146,10 @@ class ServerConfig(_Section, frozen=True):
     max_body_bytes: int = 4 * 1024 * 1024
     request_timeout_s: float = 120.0  # one deadline for every attempt before the first byte
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # Upstream HTTP stack behind the httpx API: httpx's own pool, aiohttp's, or routegate's
-    # FastTransport (middleware/transport.py: the least CPU per request, measured in
-    # bench/gateway_bench.py). All keep keep-alive connections per provider.
-    upstream_transport: Literal["httpx", "aiohttp", "fast"] = "fast"
+    # Upstream HTTP stack behind the httpx API: routegate's FastTransport
+    # (middleware/transport.py), chosen by bench/gateway_bench.py against httpx's default,
+    # httpx-aiohttp and pyreqwest (bench/README.md). The others are bench-only.
+    upstream_transport: Literal["fast"] = "fast"
 
 
 class RetryConfig(_Section, frozen=True):
@@ -327,6 +335,7 @@ def _check_references(config: GatewayConfig) -> None:
     for name, provider in config.providers.items():
         if provider.type != "local" and not provider.base_url:
             raise ConfigError(f"providers.{_key(name)}.base_url: required for {provider.type}")
+        _check_upstream(f"providers.{_key(name)}", provider)
     if config.classifier.default_category not in config.categories:
         raise ConfigError("classifier.default_category: unknown category")
     for name, client in config.clients.items():
@@ -334,6 +343,32 @@ def _check_references(config: GatewayConfig) -> None:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ConfigError(f"clients.{_key(name)}.key_sha256: must be a sha256 hex digest "
                               "(64 hex characters), never the key itself")
+
+
+_BOUNDS = {"max_response_header_bytes": (1024, 1024 * 1024), "max_response_headers": (8, 1000),
+           "max_response_body_bytes": (1024, 1024 * 1024 * 1024)}
+
+
+def _check_upstream(where: str, provider: ProviderConfig) -> None:
+    for name, value in provider.headers.items():
+        if unsafe_header(name) or unsafe_header(value):  # the value is never printed
+            raise ConfigError(f"{where}.headers.{_key(name) if not unsafe_header(name) else '?'}: "
+                              "CR, LF or NUL in a header name or value")
+    for key, (low, high) in _BOUNDS.items():
+        if not low <= getattr(provider, key) <= high:
+            raise ConfigError(f"{where}.{key}: must be within {low}..{high}")
+    if provider.proxy and provider.proxy != "direct":
+        scheme, sep, rest = provider.proxy.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest.strip("/"):
+            raise ConfigError(f'{where}.proxy: an http:// or https:// URL, "direct" or empty '
+                              "(the environment)")
+    if provider.ca_bundle and not Path(provider.ca_bundle).is_file():
+        raise ConfigError(f"{where}.ca_bundle: no such file {provider.ca_bundle!r}")
+
+
+def unsafe_header(text: str) -> bool:
+    """CR, LF or NUL: a header carrying one could end the head early or smuggle another."""
+    return "\r" in text or "\n" in text or "\0" in text
 
 
 def load_config(path: str | Path) -> GatewayConfig:
