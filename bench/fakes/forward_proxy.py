@@ -40,6 +40,8 @@ class ForwardProxy:
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:  # stopped with the connection open: end quietly
+            pass
         finally:
             writer.close()
 
