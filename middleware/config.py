@@ -336,6 +336,7 @@ def _check_references(config: GatewayConfig) -> None:
         if provider.type != "local" and not provider.base_url:
             raise ConfigError(f"providers.{_key(name)}.base_url: required for {provider.type}")
         _check_upstream(f"providers.{_key(name)}", provider)
+    _check_shared_origins(config)
     if config.classifier.default_category not in config.categories:
         raise ConfigError("classifier.default_category: unknown category")
     for name, client in config.clients.items():
@@ -364,6 +365,22 @@ def _check_upstream(where: str, provider: ProviderConfig) -> None:
                               "(the environment)")
     if provider.ca_bundle and not Path(provider.ca_bundle).is_file():
         raise ConfigError(f"{where}.ca_bundle: no such file {provider.ca_bundle!r}")
+
+
+def _check_shared_origins(config: GatewayConfig) -> None:
+    """Connections are pooled per origin, so providers on one origin share its settings."""
+    seen: dict[str, tuple[str, tuple[object, ...]]] = {}
+    for name, provider in config.providers.items():
+        if provider.type == "local":
+            continue
+        scheme, _, rest = provider.base_url.partition("://")
+        origin = f"{scheme}://{rest.split('/', 1)[0]}".lower()
+        settings = tuple(getattr(provider, key) for key in ("proxy", "ca_bundle", *_BOUNDS))
+        other = seen.setdefault(origin, (name, settings))
+        if other[1] != settings:
+            raise ConfigError(f"providers.{_key(name)}: shares {origin} with providers."
+                              f"{_key(other[0])} but not its proxy, ca_bundle and "
+                              "max_response_* settings (connections are pooled per origin)")
 
 
 def unsafe_header(text: str) -> bool:

@@ -325,10 +325,11 @@ async def send_upstream(client: httpx.AsyncClient, request: httpx.Request, *,
                         stream: bool = False) -> httpx.Response:
     """``client.send(request, stream=stream)`` minus the layers a gateway never uses.
 
-    The request goes straight to the transport the client picks for its URL (mounts and
-    environment proxies included). Auth flows, redirects and event hooks are skipped only
-    when the client has none configured; cookies that providers set are not collected into
-    the client's jar (one shared jar would carry them into every later upstream request).
+    The request goes straight to the transport the client picks for its URL (mounts
+    included; FastTransport applies the environment's and each provider's proxy itself).
+    Auth flows, redirects and event hooks are skipped only when the client has none
+    configured; cookies that providers set are not collected into the client's jar (one
+    shared jar would carry them into every later upstream request).
     About a fifth of the gateway's CPU per request went to those layers. With FastTransport a
     whole body is capped at the origin's ``max_body_bytes`` (ResponseTooLarge past it).
     """

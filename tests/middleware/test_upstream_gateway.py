@@ -172,3 +172,13 @@ def test_upstream_keys_load(tmp_path: Path) -> None:
     provider = config.providers["p"]
     assert (provider.proxy, provider.ca_bundle) == ("http://proxy.corp:3128", str(bundle))
     assert (provider.max_response_headers, provider.max_response_body_bytes) == (100, 1048576)
+
+
+def test_providers_sharing_an_origin_must_share_its_settings(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"providers.q: shares https://api.example.com with "
+                                          r"providers.p but not its proxy"):
+        _load(tmp_path, '[providers.q]\ntype = "openai"\nbase_url = "https://api.example.com/v2"\n'
+                        'proxy = "direct"\n')
+    config = _load(tmp_path, '[providers.q]\ntype = "openai"\n'
+                             'base_url = "https://API.example.com/v2"\n')
+    assert set(config.providers) == {"p", "q"}
