@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,16 +116,19 @@ async def _relay_both(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 
 @contextmanager
-def serve_forward_proxy(credentials: str | None = None) -> Iterator[ForwardProxy]:
-    """Run a :class:`ForwardProxy` on a free port until the block ends."""
+def serve_forward_proxy(credentials: str | None = None,
+                        tls: ssl.SSLContext | None = None) -> Iterator[ForwardProxy]:
+    """Run a :class:`ForwardProxy` on a free port until the block ends (``https://`` with
+    ``tls``, a server context)."""
     proxy = ForwardProxy(credentials=credentials)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     stop = asyncio.Event()
 
     async def main() -> None:
-        server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
-        proxy.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0, ssl=tls)
+        base = "https://localhost" if tls else "http://127.0.0.1"  # TLS: the cert's name
+        proxy.url = f"{base}:{server.sockets[0].getsockname()[1]}"
         ready.set()
         async with server:
             await stop.wait()

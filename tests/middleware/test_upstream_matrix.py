@@ -12,6 +12,7 @@ keys, fallback on a capped answer) in test_upstream_gateway.py.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -121,6 +122,21 @@ async def test_provider_proxy_overrides_the_environment(proxy: ForwardProxy) -> 
         async with httpx.AsyncClient(transport=transport) as client:
             assert (await client.get(f"http://localhost:{server.port}/")).text == "ok"
         assert server.connections == 2
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_https_proxy_url_speaks_tls_to_the_proxy(scheme: str, certs: Certificates) -> None:
+    """``https://`` proxy: TLS to the proxy (verified like any server), then for an https
+    upstream a second TLS session to the provider inside the tunnel."""
+    with serve_forward_proxy(tls=certs.server_context()) as proxy:
+        async with origin(tls=certs if scheme == "https" else None) as server:
+            trusting = ssl.create_default_context(cafile=str(certs.ca))
+            transport = FastTransport(verify=trusting, environ=env(HTTP_PROXY=proxy.url,
+                                                                   HTTPS_PROXY=proxy.url))
+            async with httpx.AsyncClient(transport=transport) as client:
+                answer = await client.get(f"{scheme}://localhost:{server.port}/")
+            assert answer.text == "ok"
+        assert proxy.seen[0].startswith("CONNECT" if scheme == "https" else "GET http://")
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
