@@ -71,8 +71,8 @@ class Pool:
         self.absolute: bytes | None = None
         self.proxy_headers = b""
         if self.proxy is not None and not self._tls:
-            default = port == 80
-            self.absolute = b"http://" + host.encode("idna") + (b"" if default else b":%d" % port)
+            name = b"[" + host.encode() + b"]" if ":" in host else host.encode("idna")
+            self.absolute = b"http://" + name + (b"" if port == 80 else b":%d" % port)
             if self.proxy.authorization:
                 self.proxy_headers = b"Proxy-Authorization: " + self.proxy.authorization + b"\r\n"
         self.idle: list[Connection] = []
@@ -269,9 +269,9 @@ class FastTransport(httpx.AsyncBaseTransport):
                 connection.close()  # cancelled or failed mid-request: the state is unknown
                 raise
             break
-        if exchange.status == 407 and pool.absolute is not None:
+        if exchange.status == 407 and pool.absolute is not None and pool.proxy is not None:
             connection.close()
-            raise ProxyError(f"proxy {pool.proxy.host}:{pool.proxy.port} demands "  # type: ignore[union-attr]
+            raise ProxyError(f"proxy {pool.proxy.host}:{pool.proxy.port} demands "
                              "authentication (407)")
         return httpx.Response(
             exchange.status, headers=exchange.headers, stream=ResponseBody(connection, exchange),
