@@ -16,6 +16,8 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from routegate.middleware.upstream import shared_origin_conflict, upstream_problem
+
 __all__ = [
     "DEFAULT_CATEGORIES",
     "AdaptiveConfig",
@@ -39,7 +41,6 @@ __all__ = [
     "load_config",
     "parse_config",
     "resolve_config_path",
-    "unsafe_header",
 ]
 
 DEFAULT_CATEGORIES: tuple[str, ...] = (
@@ -335,8 +336,15 @@ def _check_references(config: GatewayConfig) -> None:
     for name, provider in config.providers.items():
         if provider.type != "local" and not provider.base_url:
             raise ConfigError(f"providers.{_key(name)}.base_url: required for {provider.type}")
-        _check_upstream(f"providers.{_key(name)}", provider)
-    _check_shared_origins(config)
+        problem = upstream_problem(provider, _key)
+        if problem:
+            raise ConfigError(f"providers.{_key(name)}.{problem}")
+    shared = shared_origin_conflict(config.providers)
+    if shared:
+        name, other, origin = shared
+        raise ConfigError(f"providers.{_key(name)}: shares {origin} with providers.{_key(other)} "
+                          "but not its proxy, ca_bundle and max_response_* settings "
+                          "(connections are pooled per origin)")
     if config.classifier.default_category not in config.categories:
         raise ConfigError("classifier.default_category: unknown category")
     for name, client in config.clients.items():
@@ -344,48 +352,6 @@ def _check_references(config: GatewayConfig) -> None:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ConfigError(f"clients.{_key(name)}.key_sha256: must be a sha256 hex digest "
                               "(64 hex characters), never the key itself")
-
-
-_BOUNDS = {"max_response_header_bytes": (1024, 1024 * 1024), "max_response_headers": (8, 1000),
-           "max_response_body_bytes": (1024, 1024 * 1024 * 1024)}
-
-
-def _check_upstream(where: str, provider: ProviderConfig) -> None:
-    for name, value in provider.headers.items():
-        if unsafe_header(name) or unsafe_header(value):  # the value is never printed
-            raise ConfigError(f"{where}.headers.{_key(name) if not unsafe_header(name) else '?'}: "
-                              "CR, LF or NUL in a header name or value")
-    for key, (low, high) in _BOUNDS.items():
-        if not low <= getattr(provider, key) <= high:
-            raise ConfigError(f"{where}.{key}: must be within {low}..{high}")
-    if provider.proxy and provider.proxy != "direct":
-        scheme, sep, rest = provider.proxy.partition("://")
-        if scheme not in ("http", "https") or not sep or not rest.strip("/"):
-            raise ConfigError(f'{where}.proxy: an http:// or https:// URL, "direct" or empty '
-                              "(the environment)")
-    if provider.ca_bundle and not Path(provider.ca_bundle).is_file():
-        raise ConfigError(f"{where}.ca_bundle: no such file {provider.ca_bundle!r}")
-
-
-def _check_shared_origins(config: GatewayConfig) -> None:
-    """Connections are pooled per origin, so providers on one origin share its settings."""
-    seen: dict[str, tuple[str, tuple[object, ...]]] = {}
-    for name, provider in config.providers.items():
-        if provider.type == "local":
-            continue
-        scheme, _, rest = provider.base_url.partition("://")
-        origin = f"{scheme}://{rest.split('/', 1)[0]}".lower()
-        settings = tuple(getattr(provider, key) for key in ("proxy", "ca_bundle", *_BOUNDS))
-        other = seen.setdefault(origin, (name, settings))
-        if other[1] != settings:
-            raise ConfigError(f"providers.{_key(name)}: shares {origin} with providers."
-                              f"{_key(other[0])} but not its proxy, ca_bundle and "
-                              "max_response_* settings (connections are pooled per origin)")
-
-
-def unsafe_header(text: str) -> bool:
-    """CR, LF or NUL: a header carrying one could end the head early or smuggle another."""
-    return "\r" in text or "\n" in text or "\0" in text
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -17,7 +17,7 @@ import httpx
 import msgspec
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
-from routegate.middleware.config import ConfigError, GatewayConfig, ProviderConfig, unsafe_header
+from routegate.middleware.config import ConfigError, GatewayConfig, ProviderConfig
 from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from routegate.middleware.local import LocalModelServer
 from routegate.middleware.observe import Observers, RequestContext, RequestOutcome
@@ -27,7 +27,7 @@ from routegate.middleware.providers.base import ClientRequest, ProviderAdapter
 from routegate.middleware.relay import Relay
 from routegate.middleware.routing import AUTO_MODELS, Plan, RouteView, plan_route
 from routegate.middleware.transport import FastTransport
-from routegate.middleware.upstream import OriginOptions
+from routegate.middleware.upstream import OriginOptions, unsafe_header
 from routegate.middleware.wire.openai import ChatRequest, message_text
 from routegate.sidecar.heuristic import HeuristicClassifier
 from routegate.sidecar.protocol import Classification, Classifier

@@ -106,14 +106,10 @@ class Connection(asyncio.Protocol):
                 exchange.head_bytes += len(data)
                 if exchange.head_bytes > self._max_head:
                     raise ResponseTooLarge(f"response head exceeds {self._max_head} bytes")
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
+        except (httptools.HttpParserError, ResponseTooLarge) as exc:
+            cause = exc if isinstance(exc, ResponseTooLarge) else exc.__context__  # callbacks'
             self._fail(cause if isinstance(cause, ResponseTooLarge)
                        else httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
-            self.close()
-            return
-        except ResponseTooLarge as exc:
-            self._fail(exc)
             self.close()
             return
         if exchange.pieces:

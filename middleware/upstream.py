@@ -1,4 +1,5 @@
-"""Per-origin upstream settings for :class:`~routegate.middleware.transport.FastTransport`:
+"""Per-origin upstream settings for :class:`~routegate.middleware.transport.FastTransport`
+(and the load-time checks of the provider keys that set them):
 which proxy (the environment's ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY``, or a
 provider's ``proxy`` key), which trust store (the system's plus certifi's, or a provider's
 ``ca_bundle``), the response size caps, and opening a connection through a proxy:
@@ -16,15 +17,65 @@ import asyncio
 import base64
 import ipaddress
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
+if TYPE_CHECKING:
+    from routegate.middleware.config import ProviderConfig
+
 __all__ = ["OriginOptions", "Proxy", "ProxyError", "ResponseTooLarge", "UnsafeHeader",
            "connect_error", "env_proxy", "open_tunnel", "parse_proxy", "resolve_proxy",
-           "unsafe_header_name"]
+           "shared_origin_conflict", "unsafe_header", "unsafe_header_name", "upstream_problem"]
+
+
+# A provider's upstream keys in gateway.toml (ProviderConfig): their bounds, checked at load
+_BOUNDS = {"max_response_header_bytes": (1024, 1024 * 1024), "max_response_headers": (8, 1000),
+           "max_response_body_bytes": (1024, 1024 * 1024 * 1024)}
+
+
+def unsafe_header(text: str) -> bool:
+    """CR, LF or NUL: a header carrying one could end the head early or smuggle another."""
+    return "\r" in text or "\n" in text or "\0" in text
+
+
+def upstream_problem(provider: ProviderConfig, key: Callable[[str], str]) -> str | None:
+    """What is wrong with a provider's upstream keys as ``key.path: reason``, or None.
+    Header values and proxy URLs (which may hold credentials) are never included."""
+    for name, value in provider.headers.items():
+        if unsafe_header(name) or unsafe_header(value):
+            shown = "?" if unsafe_header(name) else key(name)
+            return f"headers.{shown}: CR, LF or NUL in a header name or value"
+    for field, (low, high) in _BOUNDS.items():
+        if not low <= getattr(provider, field) <= high:
+            return f"{field}: must be within {low}..{high}"
+    if provider.proxy and provider.proxy != "direct":
+        scheme, sep, rest = provider.proxy.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest.strip("/"):
+            return 'proxy: an http:// or https:// URL, "direct" or empty (the environment)'
+    if provider.ca_bundle and not Path(provider.ca_bundle).is_file():
+        return f"ca_bundle: no such file {provider.ca_bundle!r}"
+    return None
+
+
+def shared_origin_conflict(providers: Mapping[str, ProviderConfig]) -> tuple[str, str, str] | None:
+    """Connections are pooled per origin, so providers on one origin must share its settings:
+    ``(provider, earlier provider, origin)`` for the first pair that does not."""
+    seen: dict[str, tuple[str, tuple[object, ...]]] = {}
+    for name, provider in providers.items():
+        if provider.type == "local":
+            continue
+        scheme, _, rest = provider.base_url.partition("://")
+        origin = f"{scheme}://{rest.split('/', 1)[0]}".lower()
+        settings = tuple(getattr(provider, field) for field in ("proxy", "ca_bundle", *_BOUNDS))
+        other = seen.setdefault(origin, (name, settings))
+        if other[1] != settings:
+            return name, other[0], origin
+    return None
 
 
 class ProxyError(httpx.ConnectError):
