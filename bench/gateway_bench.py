@@ -19,10 +19,13 @@ The 64-connection ratio gets its own ``--pairs`` of 1 s windows (see ``_paired_s
 with them the default full run takes about 5.5 minutes.
 
     python -m bench.gateway_bench [--seconds 3] [--rounds 5] [--pairs 15] [--pair-seconds 1]
-                                  [--transports fast,aiohttp,httpx]
+                                  [--transports fast,aiohttp,httpx,pyreqwest]
 
-Transports: ``fast`` (routegate's own, middleware/transport.py, the default), ``aiohttp``
-(httpx-aiohttp), ``httpx`` (httpx's default, httpcore).
+Transports (bench/gateway_server.py): ``fast`` (routegate's own, middleware/transport.py, the
+only one the gateway ships; ``fast@REV`` runs the gateway's code at git revision REV, for a
+before/after in one run), ``aiohttp`` (httpx-aiohttp), ``httpx`` (httpx's default,
+httpcore), ``pyreqwest`` (Rust reqwest/hyper behind its httpx transport). The results and
+why the default is what it is: bench/README.md.
 """
 
 from __future__ import annotations
@@ -134,10 +137,10 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 30.0
 
 
 @contextmanager
-def _process(command: list[str], probe: str,
-             cpus: frozenset[int] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def _process(command: list[str], probe: str, cpus: frozenset[int] | None = None,
+             env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               preexec_fn=_pinned(cpus))
+                               preexec_fn=_pinned(cpus), env=env)
     try:
         _wait_http(probe, process)
         yield process
@@ -146,11 +149,10 @@ def _process(command: list[str], probe: str,
         process.wait(10)
 
 
-def _config(fake_url: str, transport: str) -> str:
+def _config(fake_url: str) -> str:
     return f"""
 [server]
 log_level = "warning"
-upstream_transport = "{transport}"
 [providers.fake]
 type = "openai"
 base_url = "{fake_url}/v1"
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="paired c16/c64 windows for the 64-connection ratio (default 15)")
     parser.add_argument("--pair-seconds", type=float, default=1.0,
                         help="length of one paired window (default 1)")
-    parser.add_argument("--transports", default="fast,aiohttp,httpx")
+    parser.add_argument("--transports", default="fast,aiohttp,httpx,pyreqwest")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.pairs < 1:
         parser.error("--rounds and --pairs must be >= 1")
@@ -316,17 +318,31 @@ def main(argv: list[str] | None = None) -> int:
         _repin(fake.pid, placement.load)  # from here on the gateway is the system under test
         for transport in args.transports.split(","):
             config = Path(tempfile.mkdtemp()) / "gateway.toml"
-            config.write_text(_config(fake_url, transport))
+            config.write_text(_config(fake_url))
             port = _free_port()
-            gateway_cmd = [sys.executable, "-m", "routegate.middleware.cli", "serve", "--config",
-                           str(config), "--port", str(port)]
-            with _process(gateway_cmd, f"http://127.0.0.1:{port}/healthz", placement.sut) as gateway:
+            name, _, revision = transport.partition("@")
+            gateway_cmd = [sys.executable, "-m", "bench.gateway_server", "--config", str(config),
+                           "--port", str(port), "--transport", name]
+            env = _code_at(revision, config.parent) if revision else None
+            with _process(gateway_cmd, f"http://127.0.0.1:{port}/healthz", placement.sut,
+                          env) as gateway:
                 url = f"http://127.0.0.1:{port}/v1/chat/completions"
                 results |= _rounds(transport, url, "bench", args, gateway.pid, fake.pid, placement)
                 scaling[transport] = _paired_scaling(url, "bench", args, placement)
     _report(results, scaling, args.pair_seconds)
     print(f"run time {time.monotonic() - started:.0f} s")
     return 0
+
+
+def _code_at(revision: str, folder: Path) -> dict[str, str]:
+    """An environment whose ``routegate`` is the code at git ``revision`` (``fast@REV``:
+    the gateway as it was, measured in the same run as the current one)."""
+    target = folder / "routegate"
+    target.mkdir()
+    archive = subprocess.run(["git", "archive", revision, "middleware", "sidecar", "otel"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return {**os.environ, "PYTHONPATH": str(folder)}
 
 
 def _key(name: str) -> str:

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from routegate.middleware.upstream import shared_origin_conflict, upstream_problem
+
 __all__ = [
     "DEFAULT_CATEGORIES",
     "DEFAULT_CONTEXT_WINDOW",
@@ -84,6 +86,13 @@ class ProviderConfig(_Section, frozen=True):
     headers: dict[str, str] = {}  # static, non-secret extra headers (e.g. anthropic-version)
     timeouts: Timeouts = Timeouts()
     default_max_tokens: int = 4096  # anthropic: max_tokens is required; used when none is set
+    # Upstream HTTP (middleware/upstream.py). proxy: "" follows HTTP(S)_PROXY / NO_PROXY,
+    # "direct" ignores them, a URL (credentials allowed) overrides them for this provider.
+    proxy: str = ""
+    ca_bundle: str = ""  # PEM file trusted instead of the system store + certifi
+    max_response_header_bytes: int = 64 * 1024
+    max_response_headers: int = 100
+    max_response_body_bytes: int = 32 * 1024 * 1024  # whole (non-streamed) answers only
 
 
 class BreakerConfig(_Section, frozen=True):
@@ -149,10 +158,10 @@ class ServerConfig(_Section, frozen=True):
     max_body_bytes: int = 4 * 1024 * 1024
     request_timeout_s: float = 120.0  # one deadline for every attempt before the first byte
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # Upstream HTTP stack behind the httpx API: httpx's own pool, aiohttp's, or routegate's
-    # FastTransport (middleware/transport.py: the least CPU per request, measured in
-    # bench/gateway_bench.py). All keep keep-alive connections per provider.
-    upstream_transport: Literal["httpx", "aiohttp", "fast"] = "fast"
+    # Upstream HTTP stack behind the httpx API: routegate's FastTransport
+    # (middleware/transport.py), chosen by bench/gateway_bench.py against httpx's default,
+    # httpx-aiohttp and pyreqwest (bench/README.md). The others are bench-only.
+    upstream_transport: Literal["fast"] = "fast"
     # Slow and oversized clients (``routegate serve`` only; see middleware/http_protocol.py)
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 64 * 1024
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0  # connect -> head
@@ -390,6 +399,15 @@ def _check_references(config: GatewayConfig) -> None:
     for name, provider in config.providers.items():
         if provider.type != "local" and not provider.base_url:
             raise ConfigError(f"providers.{_key(name)}.base_url: required for {provider.type}")
+        problem = upstream_problem(provider, _key)
+        if problem:
+            raise ConfigError(f"providers.{_key(name)}.{problem}")
+    shared = shared_origin_conflict(config.providers)
+    if shared:
+        name, other, origin = shared
+        raise ConfigError(f"providers.{_key(name)}: shares {origin} with providers.{_key(other)} "
+                          "but not its proxy, ca_bundle and max_response_* settings "
+                          "(connections are pooled per origin)")
     if config.classifier.default_category not in config.categories:
         raise ConfigError("classifier.default_category: unknown category")
     for name, client in config.clients.items():

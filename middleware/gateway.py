@@ -17,7 +17,7 @@ import httpx
 import msgspec
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
-from routegate.middleware.config import ConfigError, GatewayConfig
+from routegate.middleware.config import ConfigError, GatewayConfig, ProviderConfig
 from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadTooLarge, invalid_json
 from routegate.middleware.local import LocalModelServer
 from routegate.middleware.observe import Observers, RequestContext, RequestOutcome
@@ -28,6 +28,7 @@ from routegate.middleware.relay import Relay
 from routegate.middleware.routing import AUTO_MODELS, Plan, RouteView, plan_route
 from routegate.middleware.scrub import Scrubber
 from routegate.middleware.transport import FastTransport
+from routegate.middleware.upstream import OriginOptions, unsafe_header
 from routegate.middleware.wire.openai import ChatRequest, message_text
 from routegate.sidecar.heuristic import HeuristicClassifier
 from routegate.sidecar.protocol import Classification, Classifier
@@ -79,6 +80,7 @@ class Gateway:
         self._transport = transport
         self._environ = environ
         self._client: httpx.AsyncClient | None = None
+        self._fast: FastTransport | None = None
         self._relay: Relay | None = None
         self.local: LocalModelServer | None = None
         self.pool: dict[str, PoolModel] = {}
@@ -109,16 +111,10 @@ class Gateway:
             await self.local.start()
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=256,
                               keepalive_expiry=30.0)
-        transport = self._transport
-        if transport is None and config.server.upstream_transport == "fast":
-            transport = FastTransport(limits=limits)
-        elif transport is None and config.server.upstream_transport == "aiohttp":
-            from httpx_aiohttp import AiohttpTransport
-
-            transport = AiohttpTransport(limits=limits)
+        # proxies, trust stores and caps are per provider: install() sets them on the transport
+        self._fast = FastTransport(limits=limits, environ=self._environ)
         self._client = httpx.AsyncClient(
-            transport=transport,
-            limits=limits,
+            transport=self._transport or self._fast,  # another one: the bench's comparisons
             timeout=httpx.Timeout(300.0, connect=5.0),
             follow_redirects=False,
         )
@@ -161,7 +157,12 @@ class Gateway:
             if provider.api_key_env and not key:
                 skipped[name] = f"{provider.api_key_env} is not set"
                 continue
+            if key and unsafe_header(key):  # e.g. a trailing newline from a secrets file
+                skipped[name] = f"{provider.api_key_env} holds CR, LF or NUL (value not shown)"
+                continue
             adapters[name] = build_adapter(provider, key, scrubber.bytes)
+            if self._fast is not None:
+                self._fast.configure(provider.base_url, _origin_options(provider))
         pool = {name: PoolModel(name, model, model.provider, config.providers[model.provider],
                                 adapters[model.provider], config.upstream_name(name))
                 for name, model in config.models.items() if model.provider in adapters}
@@ -284,6 +285,13 @@ class Gateway:
         extra = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
         render = self.error_bodies.get(ctx.path)
         await _respond(send, exc.status, exc.body() if render is None else render(exc), ctx, extra)
+
+
+def _origin_options(provider: ProviderConfig) -> OriginOptions:
+    return OriginOptions(proxy=provider.proxy, ca_bundle=provider.ca_bundle,
+                         max_header_bytes=provider.max_response_header_bytes,
+                         max_headers=provider.max_response_headers,
+                         max_body_bytes=provider.max_response_body_bytes)
 
 
 def _decode_request(body: bytes) -> ClientRequest:

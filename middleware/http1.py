@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, cast
 import httptools
 import httpx
 
+from routegate.middleware.upstream import ResponseTooLarge
+
 if TYPE_CHECKING:
     from routegate.middleware.transport import Pool
 
@@ -25,7 +27,8 @@ _HIGH_WATER = 256 * 1024  # unread body bytes at which the socket stops being re
 
 
 class RetryElsewhere(Exception):
-    """A reused connection broke before any response byte: safe to send again."""
+    """The connection was found closed before any byte of the request was written: the
+    request can go out on another connection without the provider ever having seen it."""
 
     def __init__(self, cause: httpx.TransportError) -> None:
         super().__init__(str(cause))
@@ -36,8 +39,8 @@ class Exchange:
     """One request/response on a connection; outlives the connection's use of it, so a body
     received in full stays readable after the connection went back to the pool."""
 
-    __slots__ = ("buffered", "complete", "encoded", "error", "headers", "headers_done", "pieces",
-                 "reason", "received", "status", "until_eof", "waiter")
+    __slots__ = ("buffered", "complete", "encoded", "error", "head_bytes", "headers",
+                 "headers_done", "pieces", "reason", "status", "until_eof", "waiter")
 
     def __init__(self) -> None:
         self.status = 0
@@ -48,7 +51,7 @@ class Exchange:
         self.encoded = False  # a content-encoding header came: httpx must decode the body
         self.pieces: list[bytes] = []
         self.buffered = 0
-        self.received = False  # any response byte arrived
+        self.head_bytes = 0  # bytes received before the head was complete
         self.complete = False
         self.error: httpx.TransportError | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -69,9 +72,12 @@ class Connection(asyncio.Protocol):
         self._loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
+        options = pool.options
+        self._max_head = options.max_header_bytes
+        self._max_headers = options.max_headers
+        self.max_body = options.max_body_bytes
         self.closed = False
         self.counted = False  # holds a slot in the pool's size
-        self.reused = False
         self.idle_since = 0.0
         self._exchange: Exchange | None = None
         self._release = False
@@ -92,13 +98,18 @@ class Connection(asyncio.Protocol):
         if exchange is None:  # nothing asked for: a server talking out of turn
             self.close()
             return
-        exchange.received = True
         if self._timer is not None:
             self._activity = self._loop.time()
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            if not exchange.headers_done:  # every byte so far belongs to the head
+                exchange.head_bytes += len(data)
+                if exchange.head_bytes > self._max_head:
+                    raise ResponseTooLarge(f"response head exceeds {self._max_head} bytes")
+        except (httptools.HttpParserError, ResponseTooLarge) as exc:
+            cause = exc if isinstance(exc, ResponseTooLarge) else exc.__context__  # callbacks'
+            self._fail(cause if isinstance(cause, ResponseTooLarge)
+                       else httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
             self.close()
             return
         if exchange.pieces:
@@ -144,8 +155,11 @@ class Connection(asyncio.Protocol):
             self._exchange.reason = status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._exchange is not None:
-            self._exchange.headers.append((name, value))
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.headers.append((name, value))
+            if len(exchange.headers) > self._max_headers:  # raising stops the parser
+                raise ResponseTooLarge(f"response has more than {self._max_headers} headers")
 
     def on_headers_complete(self) -> None:
         exchange = self._exchange
@@ -157,13 +171,17 @@ class Connection(asyncio.Protocol):
             return
         exchange.headers_done = True
         framed = False
+        size = 0
         for name, value in exchange.headers:
+            size += len(name) + len(value) + 4
             lowered = name.lower()
             if lowered == b"content-length" or (lowered == b"transfer-encoding"
                                                 and b"chunked" in value.lower()):
                 framed = True
             elif lowered == b"content-encoding":
                 exchange.encoded = True
+        if size > self._max_head:  # head and body came in one read: counted here instead
+            raise ResponseTooLarge(f"response head exceeds {self._max_head} bytes")
         exchange.until_eof = (not framed and self._expects_body
                               and exchange.status not in (204, 304))
         exchange.wake()
@@ -198,7 +216,8 @@ class Connection(asyncio.Protocol):
         self._read_timeout = timeouts.get("read")
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
-            return self._broken(exchange, httpx.RemoteProtocolError(
+            self.close()  # nothing written yet: the only case where sending again is safe
+            raise RetryElsewhere(httpx.RemoteProtocolError(
                 "Server disconnected without sending a response."))
         try:
             if isinstance(body, bytes):
@@ -228,10 +247,7 @@ class Connection(asyncio.Protocol):
         return exchange
 
     def _broken(self, exchange: Exchange, error: httpx.TransportError) -> Exchange:
-        self.close()
-        if (self.reused and not exchange.received
-                and not isinstance(error, httpx.TimeoutException)):
-            raise RetryElsewhere(error)
+        self.close()  # bytes went out: the provider may have the request, the relay decides
         raise error
 
     async def _drain(self, timeouts: dict[str, float | None]) -> None:
@@ -305,7 +321,6 @@ class Connection(asyncio.Protocol):
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False  # the next exchange must hear its answer
             self.transport.resume_reading()
-        self.reused = True
         self._pool.release(self)
 
     def abandon(self, exchange: Exchange) -> None:
@@ -357,12 +372,18 @@ class ResponseBody(httpx.AsyncByteStream):
                 await connection.wait(exchange)
 
     async def read(self) -> bytes:
-        """The whole body, without the async-generator round trips of iterating."""
+        """The whole body, without the async-generator round trips of iterating; raises
+        ResponseTooLarge past the origin's ``max_body_bytes``."""
         exchange = self._exchange
         connection = self._connection
         parts: list[bytes] = []
+        size = 0
         while True:
             if exchange.pieces:
+                size += exchange.buffered
+                if size > connection.max_body:
+                    await self.aclose()
+                    raise ResponseTooLarge(f"response body exceeds {connection.max_body} bytes")
                 parts += exchange.pieces
                 exchange.pieces = []
                 connection.consumed(exchange)

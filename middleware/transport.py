@@ -19,38 +19,62 @@ connection, ``httptools`` for the response parsing, and a keep-alive pool per
 Response bodies are streamed as they arrive: whatever one read from the socket delivered is
 handed to the consumer at once, never held back to fill a buffer. A connection goes back to
 the pool only when its response completed cleanly and both sides allow keep-alive; closing a
-response before its end closes the connection. A request on a reused keep-alive connection
-that breaks before any response byte (the server closed the idle connection as the request
-went out) is retried once on another connection. One connection's protocol lives in
+response before its end closes the connection. A request is sent again on another connection
+only when the one it got was found closed before any byte of the request was written; once
+a byte went out, the provider may have it (a generation could run twice), so the failure goes
+to the relay, which decides. Proxies, trust stores and response caps are per origin
+(:mod:`routegate.middleware.upstream`). One connection's protocol lives in
 :mod:`routegate.middleware.http1`; this module pools them and speaks httpx.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
 from routegate.middleware.http1 import Connection, ResponseBody, RetryElsewhere
+from routegate.middleware.upstream import (
+    OriginOptions,
+    ProxyError,
+    UnsafeHeader,
+    connect_error,
+    open_tunnel,
+    resolve_proxy,
+    unsafe_header_name,
+)
 
 __all__ = ["FastTransport", "raw_chunks", "send_upstream"]
 
 _NO_TIMEOUTS: dict[str, float | None] = {}
 _RESPONSE_EXTENSIONS = {"http_version": b"HTTP/1.1"}
+_DEFAULT_OPTIONS = OriginOptions()
 
 
 class Pool:
     """Connections to one origin: idle ones (most recent last), a cap, and FIFO waiters."""
 
-    def __init__(self, transport: FastTransport, scheme: bytes, host: str, port: int) -> None:
+    def __init__(self, transport: FastTransport, scheme: bytes, host: str, port: int,
+                 options: OriginOptions) -> None:
         self.loop = asyncio.get_running_loop()
         self._transport = transport
         self._host = host
         self._port = port
         self._tls = scheme == b"https"
+        self.options = options
+        self.proxy = resolve_proxy(options, scheme.decode(), host, port, transport.environ)
+        # plain HTTP through a proxy: absolute-form request targets, credentials on each request
+        self.absolute: bytes | None = None
+        self.proxy_headers = b""
+        if self.proxy is not None and not self._tls:
+            name = b"[" + host.encode() + b"]" if ":" in host else host.encode("idna")
+            self.absolute = b"http://" + name + (b"" if port == 80 else b":%d" % port)
+            if self.proxy.authorization:
+                self.proxy_headers = b"Proxy-Authorization: " + self.proxy.authorization + b"\r\n"
         self.idle: list[Connection] = []
         self.size = 0  # open connections, idle ones included
         self._waiters: deque[asyncio.Future[Connection | None]] = deque()
@@ -102,7 +126,7 @@ class Pool:
             raise
 
     async def _connect(self, timeouts: dict[str, float | None]) -> Connection:
-        context = self._transport.ssl_context() if self._tls else None
+        context = self._transport.ssl_context(self.options.ca_bundle) if self._tls else None
         made: list[Connection] = []
 
         def factory() -> Connection:
@@ -111,9 +135,13 @@ class Pool:
 
         try:
             async with asyncio.timeout(timeouts.get("connect")):
-                await self.loop.create_connection(
-                    factory, self._host, self._port, ssl=context,
-                    server_hostname=self._host if context is not None else None)
+                if self.proxy is not None:
+                    await open_tunnel(self.loop, self.proxy, self._host, self._port, context,
+                                      self._transport.ssl_context, factory())
+                else:
+                    await self.loop.create_connection(
+                        factory, self._host, self._port, ssl=context,
+                        server_hostname=self._host if context is not None else None)
         except BaseException as exc:
             for connection in made:  # e.g. cancelled as the connection came up
                 connection.close()
@@ -121,7 +149,7 @@ class Pool:
                 raise httpx.ConnectTimeout(
                     f"connecting to {self._host}:{self._port} timed out") from exc
             if isinstance(exc, (OSError, ssl.SSLError)):
-                raise httpx.ConnectError(f"{exc} ({self._host}:{self._port})") from exc
+                raise connect_error(exc, f"{self._host}:{self._port}") from exc
             raise
         connection = made[-1]
         connection.counted = True
@@ -168,7 +196,8 @@ class FastTransport(httpx.AsyncBaseTransport):
     """
 
     def __init__(self, *, limits: httpx.Limits | None = None,
-                 verify: ssl.SSLContext | bool = True) -> None:
+                 verify: ssl.SSLContext | bool = True,
+                 environ: Callable[[str], str | None] = os.environ.get) -> None:
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20,
                                         keepalive_expiry=5.0)
         self.max_connections = limits.max_connections or 1 << 30
@@ -177,11 +206,32 @@ class FastTransport(httpx.AsyncBaseTransport):
         self.keepalive_expiry = limits.keepalive_expiry
         self._verify = verify
         self._ssl: ssl.SSLContext | None = verify if isinstance(verify, ssl.SSLContext) else None
+        self.environ = environ  # read once per origin, when its pool is made
         self._pools: dict[tuple[bytes, str, int], Pool] = {}
+        self._options: dict[tuple[bytes, str, int], OriginOptions] = {}
+        self._bundles: dict[str, ssl.SSLContext] = {}
         self.connections_opened = 0  # for tests and stats: how well keep-alive works
 
-    def ssl_context(self) -> ssl.SSLContext:
-        if self._ssl is None:  # built on first use: loading trust stores costs milliseconds
+    def configure(self, base_url: str, options: OriginOptions) -> None:
+        """Settings for the origin of ``base_url`` (a provider); others get the defaults.
+        Changed settings take a new pool; requests in flight finish on the old one."""
+        key = _origin(httpx.URL(base_url))
+        if self._options.get(key) != options:
+            self._options[key] = options
+            pool = self._pools.pop(key, None)
+            if pool is not None:
+                pool.close()
+
+    def ssl_context(self, ca_bundle: str = "") -> ssl.SSLContext:
+        """The verifying context: the system's trust store plus certifi's, or ``ca_bundle``
+        alone. Built on first use: loading trust stores costs milliseconds."""
+        if ca_bundle:
+            context = self._bundles.get(ca_bundle)
+            if context is None:
+                context = self._bundles[ca_bundle] = ssl.create_default_context(cafile=ca_bundle)
+                context.set_alpn_protocols(["http/1.1"])
+            return context
+        if self._ssl is None:
             if self._verify:
                 import certifi
 
@@ -196,32 +246,33 @@ class FastTransport(httpx.AsyncBaseTransport):
         return self._ssl
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        scheme = url.raw_scheme
-        port = url.port or (443 if scheme == b"https" else 80)
-        host = url.host
-        key = (scheme, host, port)
+        key = _origin(request.url)
         pool = self._pools.get(key)
         if pool is None:
-            if scheme not in (b"http", b"https"):
-                raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
-            pool = self._pools[key] = Pool(self, scheme, host, port)
+            if key[0] not in (b"http", b"https"):
+                raise httpx.UnsupportedProtocol(f"unsupported URL scheme {key[0]!r}")
+            options = self._options.get(key) or _DEFAULT_OPTIONS
+            pool = self._pools[key] = Pool(self, *key, options)
         timeouts: dict[str, float | None] = request.extensions.get("timeout", _NO_TIMEOUTS)
         method = request.method.encode("ascii")
-        head, body, chunked = _encode_request(request, method)
+        head, body, chunked = _encode_request(request, method, pool.absolute, pool.proxy_headers)
         expects_body = method != b"HEAD"
         for attempt in (0, 1):
             connection = await pool.acquire(timeouts, fresh=attempt > 0)
             try:
                 exchange = await connection.request(head, body, chunked, expects_body, timeouts)
-            except RetryElsewhere as retry:
-                if attempt or not isinstance(body, bytes):
+            except RetryElsewhere as retry:  # found closed before a byte was written
+                if attempt:
                     raise retry.cause from None
                 continue
             except BaseException:
                 connection.close()  # cancelled or failed mid-request: the state is unknown
                 raise
             break
+        if exchange.status == 407 and pool.absolute is not None and pool.proxy is not None:
+            connection.close()
+            raise ProxyError(f"proxy {pool.proxy.host}:{pool.proxy.port} demands "
+                             "authentication (407)")
         return httpx.Response(
             exchange.status, headers=exchange.headers, stream=ResponseBody(connection, exchange),
             request=request,
@@ -233,9 +284,11 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._pools.clear()
 
 
-def _encode_request(request: httpx.Request, method: bytes
+def _encode_request(request: httpx.Request, method: bytes, absolute: bytes | None = None,
+                    proxy_headers: bytes = b""
                     ) -> tuple[bytes, bytes | httpx.AsyncByteStream | None, bool]:
-    """The request head, and the body as bytes (when known) or a stream to send chunked."""
+    """The request head, and the body as bytes (when known) or a stream to send chunked.
+    Raises UnsafeHeader when a header name or value holds CR, LF or NUL."""
     stream = request.stream
     body: bytes | httpx.AsyncByteStream | None
     if isinstance(stream, httpx.ByteStream):
@@ -245,24 +298,40 @@ def _encode_request(request: httpx.Request, method: bytes
     else:
         raise RuntimeError("FastTransport needs an async request body")
     chunked = False
-    lines = [method, b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-    for name, value in request.headers.raw:
+    target = request.url.raw_path if absolute is None else absolute + request.url.raw_path
+    lines = [method, b" ", target, b" HTTP/1.1\r\n", proxy_headers]
+    raw = request.headers.raw
+    for name, value in raw:
         if name.lower() == b"transfer-encoding" and b"chunked" in value.lower():
             chunked = True
         lines += (name, b": ", value, b"\r\n")
     lines.append(b"\r\n")
-    return b"".join(lines), body, chunked
+    head = b"".join(lines)
+    # Exactly one line break per line, no NUL: three scans of ~0.5 KB instead of a per-header
+    # check. The proxy line (if any) and the request line hold none of their own.
+    breaks = len(raw) + 2 + (proxy_headers != b"")
+    if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\0" in head:
+        raise UnsafeHeader(f"header '{unsafe_header_name(raw)}' holds CR, LF or NUL; "
+                           "the request was not sent")
+    return head, body, chunked
+
+
+def _origin(url: httpx.URL) -> tuple[bytes, str, int]:
+    scheme = url.raw_scheme
+    return scheme, url.host, url.port or (443 if scheme == b"https" else 80)
 
 
 async def send_upstream(client: httpx.AsyncClient, request: httpx.Request, *,
                         stream: bool = False) -> httpx.Response:
     """``client.send(request, stream=stream)`` minus the layers a gateway never uses.
 
-    The request goes straight to the transport the client picks for its URL (mounts and
-    environment proxies included). Auth flows, redirects and event hooks are skipped only
-    when the client has none configured; cookies that providers set are not collected into
-    the client's jar (one shared jar would carry them into every later upstream request).
-    About a fifth of the gateway's CPU per request went to those layers.
+    The request goes straight to the transport the client picks for its URL (mounts
+    included; FastTransport applies the environment's and each provider's proxy itself).
+    Auth flows, redirects and event hooks are skipped only when the client has none
+    configured; cookies that providers set are not collected into the client's jar (one
+    shared jar would carry them into every later upstream request).
+    About a fifth of the gateway's CPU per request went to those layers. With FastTransport a
+    whole body is capped at the origin's ``max_body_bytes`` (ResponseTooLarge past it).
     """
     if client.auth is not None or client.follow_redirects or any(client.event_hooks.values()):
         return await client.send(request, stream=stream)
@@ -278,6 +347,9 @@ async def send_upstream(client: httpx.AsyncClient, request: httpx.Request, *,
                 # layers: ~20 µs less per request.
                 response._content = await body.read()
                 response.is_stream_consumed = response.is_closed = True
+            elif isinstance(body, ResponseBody):  # compressed: capped as sent, then decoded
+                response.stream = httpx.ByteStream(await body.read())
+                await response.aread()
             else:
                 await response.aread()
         except BaseException:
