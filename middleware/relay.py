@@ -33,6 +33,7 @@ from routegate.middleware.recovery import OutputTape, Splicer, continuation_requ
 from routegate.middleware.scrub import Scrubber
 from routegate.middleware.tokens import TokenEstimator, UsageFiller, with_estimated_usage
 from routegate.middleware.transport import raw_chunks, send_upstream
+from routegate.middleware.upstream import ResponseTooLarge
 from routegate.middleware.wire.openai import Usage
 
 __all__ = ["Relay"]
@@ -255,6 +256,8 @@ class Relay:
             return UpstreamFailure("timeout", f"no answer within {limit:.3g}s")
         except _CONNECT_ERRORS as exc:
             return UpstreamFailure("connect", f"connect error ({type(exc).__name__})")
+        except ResponseTooLarge as exc:  # over the head or body cap: a malformed answer
+            return UpstreamFailure("malformed", f"malformed answer ({exc})"[:200])
         except (*_RESET_ERRORS, httpx.TimeoutException) as exc:
             return UpstreamFailure("reset", f"connection broken ({type(exc).__name__})")
         if response.status_code != 200:
@@ -325,6 +328,8 @@ class Relay:
             failure = UpstreamFailure("timeout", f"no first token within {first_token_limit:.3g}s")
         except _CONNECT_ERRORS as exc:
             failure = UpstreamFailure("connect", f"connect error ({type(exc).__name__})")
+        except ResponseTooLarge as exc:
+            failure = UpstreamFailure("malformed", f"malformed stream ({exc})"[:200])
         except (*_RESET_ERRORS, httpx.TimeoutException) as exc:
             failure = UpstreamFailure("reset", f"connection broken ({type(exc).__name__})")
         except StopAsyncIteration:

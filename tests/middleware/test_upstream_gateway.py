@@ -80,6 +80,11 @@ def test_capped_answer_fails_the_attempt_and_falls_back(
     assert response.status_code == 200, response.text
     assert response.headers["x-routegate-model"] == "mid"
     assert len(first.requests) == 2 and second.requests[-1].body["model"] == "mid-up"
+    second.set_default(fault)  # now every model's answer is over the cap: each is malformed
+    with running_gateway(with_provider(with_provider(config, "a", **capped), "b", **capped)) as url:
+        failed = ask(url)
+    assert failed.status_code == 502
+    assert failed.json()["error"]["message"].count("malformed") == 3, failed.text
 
 
 def test_provider_proxy_key_routes_through_the_proxy(
