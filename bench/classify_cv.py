@@ -46,6 +46,7 @@ NC_SOURCES = frozenset({
 })
 MAX_TOKENS = 64
 CV_VERSION = "1"  # bump when a change here changes the stages' out-of-fold predictions
+KNN_TEMPERATURES = (0.02, 0.05)
 EXAMPLE_COPIES = 3  # the route examples' weight as training rows (grouped CV, 1/3/6 tried)
 F = npt.NDArray[np.float32]
 Ix = npt.NDArray[np.int64]
@@ -302,7 +303,8 @@ def stage_probs(data: Data, emb: F, ex_vec: F, ex_lab: Ix, kind: str, drop_nc: b
     cache = Path(f"/tmp/routegate_cv_{key}.npz")
     if cache.exists():
         with np.load(cache) as saved:
-            return {k: saved[k] for k in ("lexical", "head", "knn")}
+            return _with_knn({k: saved[k] for k in ("lexical", "head")}, emb[: data.n_dev],
+                             ex_vec, ex_lab)
     n = len(CATEGORIES)
     sparse = SparseSet(data.texts)
     lex = np.zeros((data.n_dev, n), dtype=np.float32)
@@ -313,11 +315,18 @@ def stage_probs(data: Data, emb: F, ex_vec: F, ex_lab: Ix, kind: str, drop_nc: b
         lex[test] = sparse.subset(test).predict(w, b)
         hw, hb = train_dense(emb[train], data.y[train], n)
         head[test] = softmax(emb[test] @ hw + hb)
-    index = RouteIndex(CATEGORIES, ex_vec, ex_lab, None)
-    index.temperature = 0.02
-    knn = index.predict_proba(emb[: data.n_dev])
-    np.savez(cache, lexical=lex, head=head, knn=knn)
-    return {"lexical": lex, "head": head, "knn": knn}
+    np.savez(cache, lexical=lex, head=head)
+    return _with_knn({"lexical": lex, "head": head}, emb[: data.n_dev], ex_vec, ex_lab)
+
+
+def _with_knn(stages: dict[str, F], emb: F, ex_vec: F, ex_lab: Ix) -> dict[str, F]:
+    """Add the kNN stage (nothing trained) at each temperature the mix may pick."""
+    for temperature in KNN_TEMPERATURES:
+        index = RouteIndex(CATEGORIES, ex_vec, ex_lab, None)
+        index.temperature = temperature
+        stages[f"knn@{temperature}"] = index.predict_proba(emb)
+    stages["knn"] = stages[f"knn@{KNN_TEMPERATURES[0]}"]
+    return stages
 
 
 @dataclass(frozen=True)
@@ -333,7 +342,8 @@ class Mix:
 
 def cascade(stages: dict[str, F], mix: Mix) -> tuple[F, npt.NDArray[np.float32], Ix]:
     """(final probabilities, confidence, 1 where the model stage was asked) per row."""
-    knn, head, lex = stages["knn"], stages["head"], stages["lexical"]
+    knn = stages.get(f"knn@{mix.temperature}", stages["knn"])
+    head, lex = stages["head"], stages["lexical"]
     model = mix_known(CATEGORIES, knn, CATEGORIES, head, mix.knn_weight, 1.0)
     full = mix_known(CATEGORIES, model, CATEGORIES, lex, 1.0, mix.lexical_weight)
     accepted = lex.max(axis=1) >= mix.accept

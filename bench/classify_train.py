@@ -47,12 +47,14 @@ def score(stages: dict[str, Any], y: Any, mix: cv.Mix) -> dict[str, Any]:
 
 
 def fit_mix(stages: dict[str, Any], y: Any) -> cv.Mix:
-    """Grid over the cascade's scalars: best macro-F1, then the disagreement factor that
-    gives the lowest calibration error (it does not change any answer)."""
+    """Grid over the cascade's scalars (kNN temperature and weight, lexical weight, accept
+    threshold): best macro-F1, then the disagreement factor that gives the lowest
+    calibration error (it does not change any answer)."""
     best: tuple[float, cv.Mix] = (-1.0, cv.Mix())
-    for kw, beta, accept in itertools.product((0.5, 1.0, 2.0), (1.0, 1.5, 2.0, 3.0),
-                                              (0.9, 0.95)):
-        mix = cv.Mix(knn_weight=kw, lexical_weight=beta, accept=accept, disagree_scale=1.0)
+    for temp, kw, beta, accept in itertools.product(
+            cv.KNN_TEMPERATURES, (0.5, 1.0, 2.0, 3.0), (1.0, 1.5, 2.0, 3.0, 4.0), (0.9, 0.95)):
+        mix = cv.Mix(temperature=temp, knn_weight=kw, lexical_weight=beta, accept=accept,
+                     disagree_scale=1.0)
         f1 = score(stages, y, mix)["macro_f1"]
         if f1 > best[0] + 1e-9:
             best = (f1, mix)

@@ -214,7 +214,9 @@ class SidecarClassifier:
         probs = self._align(reply)
         disagree = False
         if lex is not None:
-            disagree = int(np.argmax(probs)) != int(np.argmax(lex))
+            # A route the lexical model does not know cannot be agreed with: no penalty.
+            top = int(np.argmax(probs))
+            disagree = top != int(np.argmax(lex)) and any(i == top for i, _ in self._lex_cols)
             # Only over the routes the lexical model knows: a route it has never seen keeps
             # the model's probability (its zero here means "no opinion", not "no").
             known = [i for i, _ in self._lex_cols]
