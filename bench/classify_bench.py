@@ -1,19 +1,28 @@
-"""Classifier benchmark: accuracy on the held-back split, latency, load, memory, prefill.
+"""Classifier benchmark: source-held-out quality, the held-back split, latency, load, memory.
 
-    .venv/bin/python bench/classify_bench.py [--data ../shared/data/classify_dev.jsonl]
-        [--rate 200] [--seconds 10] [--threads 1] [--json]
+    .venv/bin/python -m bench.classify_bench [--data ../shared/data/classify_dev.jsonl]
+        [--rate 200] [--seconds 10] [--threads 1] [--no-cv] [--json]
 
-Starts the real sidecar (default model) under the supervisor, then measures, as the gateway
-sees it (time around ``await classifier.classify(text)``):
+0. **The headline: source-held-out** (``bench/classify_cv.py``): 5 folds grouped by dataset
+   source, every row predicted by stages trained without its source, for each stage alone
+   and the cascade, for both weights variants (default, ncfree), with per-category
+   precision/recall and calibration (ECE, accuracy above/below ``escalate_below`` 0.5).
+   This is the number users meet: their prompts do not come from our training sources.
+   (``--no-cv`` skips it; a few minutes on 2 cores, embeddings cached under /tmp.)
+
+Then it starts the real sidecar (default model) under the supervisor and measures, as the
+gateway sees it (time around ``await classifier.classify(text)``):
 
 1. the held-back split (``bench/classify_split.py``; the shipped weights never saw it),
    one request at a time, cache cold: lexical stage alone vs. the full cascade, and the
-   model stage forced for every request (what the model adds);
+   model stage forced for every request (what the model adds), with per-category
+   precision/recall and the calibration of the answers' confidence;
 2. open-loop load at ``--rate`` requests/s for ``--seconds`` of mixed traffic (the
    held-back rows shuffled and cycled, cache off), with the share of requests per stage;
 3. the sidecar's resident memory (VmRSS / VmHWM from /proc) and its measured prefill speed.
 
-The last line is one JSON object with every number.
+The first line gives the date and host load; the last line is one JSON object with every
+number.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import tempfile
@@ -31,8 +41,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.classify_split import DEFAULT_DEV, is_held_back, load_dev
-from routegate.sidecar.cli import evaluate
 from routegate.sidecar.client import SidecarClassifier
+from routegate.sidecar.evaluation import evaluate
 from routegate.sidecar.supervisor import SidecarSupervisor, ping
 
 
@@ -143,7 +153,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await cascade.wait_ready()
             report = await evaluate(cascade, held, progress=True)
             results["cascade"] = {k: report[k] for k in
-                                  ("accuracy", "macro_f1", "latency_ms", "methods", "recall")}
+                                  ("accuracy", "macro_f1", "latency_ms", "methods", "precision",
+                                   "recall", "calibration")}
             results["cascade"]["model_share"] = round(
                 report["methods"].get("model", 0) / len(held), 3)
             await cascade.close()
@@ -172,6 +183,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _source_held_out(data: Path, threads: int) -> dict[str, Any]:
+    """The offline grouped-by-source evaluation of both weights variants."""
+    from bench import classify_cv as cv
+    from bench.classify_train import evaluate as cv_evaluate
+    from routegate.sidecar.convert import ensure_default_model
+
+    rows = cv.load_rows(data)
+    built = cv.Data.build(rows, 600)
+    emb = cv.embed_all(built.texts, ensure_default_model(), threads)
+    ex = slice(built.n_dev, built.n_dev + built.n_examples)
+    out: dict[str, Any] = {}
+    for variant, drop_nc in (("default", False), ("ncfree", True)):
+        print(f"\n--- weights {variant}: trained per fold, as --write trains them", flush=True)
+        mix, results = cv_evaluate(built, emb, emb[ex], built.y[ex], drop_nc=drop_nc)
+        out[variant] = {"mix": vars(mix), **results}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data", type=Path, default=DEFAULT_DEV)
@@ -183,10 +212,18 @@ def main() -> int:
     parser.add_argument("--english-only", action="store_true")
     parser.add_argument("--weights", default="default", choices=("default", "ncfree"))
     parser.add_argument("--json", action="store_true", help="only the JSON line")
+    parser.add_argument("--no-cv", action="store_true", help="skip the source-held-out part")
     parser.add_argument("--smollm2", action="store_true",
                         help="also measure SmolLM2-135M Q4_1 prefill for comparison")
     args = parser.parse_args()
+    load1 = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"classify_bench {stamp}, load average {load1} on {os.cpu_count()} cores", flush=True)
+    cv_results = {} if args.no_cv else _source_held_out(args.data, args.threads)
     results = asyncio.run(run(args))
+    results["date"] = stamp
+    if cv_results:
+        results["source_held_out"] = cv_results
     if args.smollm2:
         results["smollm2_prefill"] = _smollm2_prefill(args.threads)
     if not args.json:
@@ -198,10 +235,24 @@ def main() -> int:
             print(f"{name:20s} macro-F1 {r['macro_f1']:.3f}  accuracy {r['accuracy']:.3f}  "
                   f"latency p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  "
                   f"{r.get('methods', '')}")
+        cascade = results["cascade"]
+        print("cascade per category (precision / recall): " + ", ".join(
+            f"{c} {cascade['precision'].get(c, 0):.2f}/{r:.2f}"
+            for c, r in cascade["recall"].items()))
+        cal = cascade["calibration"]
+        print(f"cascade calibration: ECE {cal['ece']:.3f}; confidence >= {cal['escalate_below']}: "
+              f"{cal['above']['n']} answers, accuracy {cal['above']['accuracy']:.3f}; below: "
+              f"{cal['below']['n']}, accuracy {cal['below']['accuracy']:.3f}")
         load = results["load"]
         print(f"load {load['achieved_rps']} req/s: latency {load['latency_ms']}  "
               f"model share {load['model_share']}  methods {load['methods']}")
         print(f"sidecar memory (MB): {results['sidecar_memory_mb']}")
+        for variant, r in cv_results.items():
+            src, rnd = r.get("source", {}), r.get("random", {})
+            print(f"source-held-out, {variant} weights: cascade macro-F1 {src.get('cascade', 0):.3f} "
+                  f"(lexical {src.get('lexical', 0):.3f}, head {src.get('head', 0):.3f}, kNN "
+                  f"{src.get('knn', 0):.3f}), lowest recall {src.get('min_recall', 0):.2f}, ECE "
+                  f"{src.get('ece', 0):.3f}; held-back split (offline) {rnd.get('cascade', 0):.3f}")
         if "smollm2_prefill" in results:
             print(f"SmolLM2-135M Q4_1 prefill: {results['smollm2_prefill']}")
     print(json.dumps(results))

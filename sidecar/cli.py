@@ -4,7 +4,8 @@
 
 * ``routegate classify "text"`` prints the answer (``--json`` for all of it);
   ``routegate classify --eval FILE.jsonl`` classifies every line's ``prompt`` one at a time
-  and prints accuracy, macro-F1, per-category recall, a confusion matrix and latency
+  and prints accuracy, macro-F1, per-category precision and recall, a confusion matrix,
+  the calibration table (ECE, accuracy above/below ``escalate_below``) and latency
   percentiles (``--json``: the last line is one JSON object with at least ``accuracy``,
   ``macro_f1`` and ``latency_ms`` {``p50``, ``p99``}). Unless ``--socket`` names a running
   sidecar, one is started for the command and stopped after it (``--lexical-only`` skips
@@ -19,12 +20,11 @@ import asyncio
 import json
 import sys
 import tempfile
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from routegate.sidecar.client import DEFAULT_CATEGORIES, SidecarClassifier
+from routegate.sidecar.evaluation import evaluate, metrics, print_report, read_rows
 from routegate.sidecar.protocol import Classification, RouteSpec
 from routegate.sidecar.routes import route_specs
 from routegate.sidecar.supervisor import SidecarSupervisor, ping
@@ -69,8 +69,11 @@ def run_sidecar(args: argparse.Namespace) -> int:
 # --- classify ---------------------------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[RouteSpec, ...], float, str]:
-    """Categories, routes, budget and default category from --config (or the defaults)."""
+def _settings(
+    args: argparse.Namespace,
+) -> tuple[tuple[str, ...], tuple[RouteSpec, ...], float, str, float]:
+    """Categories, routes, budget, default category and the escalation threshold from
+    --config (or the defaults)."""
     if args.config:
         from routegate.middleware.config import load_config
 
@@ -80,11 +83,13 @@ def _settings(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[RouteSpe
             categories=categories)
         budget = config.classifier.budget_ms
         default = config.classifier.default_category
+        escalate = config.classifier.escalate_below
     else:
         categories, routes, budget, default = DEFAULT_CATEGORIES, route_specs(), 50.0, "chat"
+        escalate = 0.5  # the config's default
     if args.budget_ms is not None:
         budget = args.budget_ms
-    return categories, routes, budget, default
+    return categories, routes, budget, default, escalate
 
 
 def run_classify(args: argparse.Namespace) -> int:
@@ -95,7 +100,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
 
 async def _classify_main(args: argparse.Namespace) -> int:
-    categories, routes, budget, default = _settings(args)
+    categories, routes, budget, default, escalate = _settings(args)
     supervisor: SidecarSupervisor | None = None
     tmpdir: tempfile.TemporaryDirectory[str] | None = None
     socket = args.socket
@@ -118,8 +123,8 @@ async def _classify_main(args: argparse.Namespace) -> int:
             await classifier.wait_ready(120.0)
         if args.eval_file is not None:
             rows = read_rows(Path(args.eval_file), args.limit)
-            report = await evaluate(classifier, rows, progress=True)
-            _print_report(report, as_json=args.json)
+            report = await evaluate(classifier, rows, progress=True, escalate_below=escalate)
+            print_report(report, as_json=args.json)
         else:
             text = sys.stdin.read() if args.text == "-" else args.text
             answer = await classifier.classify(text)
@@ -145,100 +150,6 @@ def _answer_dict(answer: Classification) -> dict[str, Any]:
         "method": answer.method,
         "latency_ms": round(answer.latency_ms, 3),
     }
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    rank = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
-    return ordered[rank]
-
-
-def metrics(gold: Sequence[str], predicted: Sequence[str],
-            categories: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1 (over categories present in gold or predictions), recall, confusion."""
-    names = list(categories) + sorted({*gold, *predicted} - set(categories))
-    confusion = {g: dict.fromkeys(names, 0) for g in names}
-    for g, p in zip(gold, predicted, strict=True):
-        confusion[g][p] += 1
-    f1s: list[float] = []
-    recall: dict[str, float] = {}
-    for c in names:
-        tp = confusion[c][c]
-        fn = sum(confusion[c].values()) - tp
-        fp = sum(confusion[g][c] for g in names) - tp
-        if tp + fn:
-            recall[c] = tp / (tp + fn)
-        if tp + fp + fn:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    correct = sum(g == p for g, p in zip(gold, predicted, strict=True))
-    return {
-        "n": len(gold),
-        "accuracy": correct / len(gold) if gold else 0.0,
-        "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0,
-        "recall": recall,
-        "confusion": {g: {p: n for p, n in row.items() if n} for g, row in confusion.items()
-                      if any(row.values())},
-    }
-
-
-def read_rows(path: Path, limit: int = 0) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
-    return rows[:limit] if limit else rows
-
-
-async def evaluate(classifier: SidecarClassifier, rows: Sequence[dict[str, Any]], *,
-                   progress: bool = False) -> dict[str, Any]:
-    gold: list[str] = []
-    predicted: list[str] = []
-    latencies: list[float] = []
-    methods: dict[str, int] = {}
-    started = time.perf_counter()
-    for i, row in enumerate(rows, 1):
-        begin = time.perf_counter()
-        answer = await classifier.classify(str(row["prompt"]))
-        latencies.append((time.perf_counter() - begin) * 1000.0)
-        gold.append(str(row["category"]))
-        predicted.append(answer.category)
-        methods[answer.method] = methods.get(answer.method, 0) + 1
-        if progress and (i % 10 == 0 or i == len(rows)):
-            done = int(30 * i / len(rows))
-            print(f"\r[{'#' * done}{'.' * (30 - done)}] {i}/{len(rows)}", end="",
-                  file=sys.stderr, flush=True)
-    if progress:
-        print(f"  {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    report = metrics(gold, predicted, classifier.categories)
-    report["latency_ms"] = {
-        "p50": round(_percentile(latencies, 50), 3),
-        "p90": round(_percentile(latencies, 90), 3),
-        "p99": round(_percentile(latencies, 99), 3),
-        "max": round(max(latencies, default=0.0), 3),
-    }
-    report["methods"] = methods
-    return report
-
-
-def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
-    print(f"rows {report['n']}  accuracy {report['accuracy']:.3f}  "
-          f"macro-F1 {report['macro_f1']:.3f}")
-    lat = report["latency_ms"]
-    print(f"latency ms  p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
-          f"max {lat['max']:.2f}")
-    print("decided by  " + "  ".join(f"{k} {v}" for k, v in sorted(report["methods"].items())))
-    print("recall per category:")
-    for name, value in report["recall"].items():
-        print(f"  {name:18s} {value:.3f}")
-    names = list(report["confusion"])
-    short = [n[:6] for n in names]
-    print("confusion (rows: gold, columns: predicted):")
-    print(" " * 18 + " ".join(f"{s:>6s}" for s in short))
-    for gold in names:
-        row = report["confusion"][gold]
-        print(f"  {gold:16s}" + " ".join(f"{row.get(p, 0):6d}" for p in names))
-    if as_json:
-        print(json.dumps(report))
 
 
 def main(argv: list[str] | None = None) -> int:

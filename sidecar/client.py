@@ -56,7 +56,7 @@ from routegate.sidecar.protocol import (
 from routegate.sidecar.routes import route_specs
 from routegate.sidecar.semantic import mix_known
 
-__all__ = ["DEFAULT_CATEGORIES", "SidecarClassifier"]
+__all__ = ["DEFAULT_CATEGORIES", "SidecarClassifier", "disagreement_confidence"]
 
 log = logging.getLogger("routegate.sidecar.client")
 
@@ -65,6 +65,16 @@ DEFAULT_CATEGORIES: tuple[str, ...] = (
     "translation", "extraction", "classification", "factual_qa", "chat",
 )
 _SEND_CHARS = 2000  # head and tail sent to the sidecar; it embeds far fewer tokens anyway
+
+
+def disagreement_confidence(confidence: float, scale: float) -> float:
+    """The confidence of a mixed answer whose two stages picked different routes.
+
+    Measured source-held-out, such answers are right far less often than agreeing ones
+    (65 % vs 93 %), so their confidence is scaled down (``LexicalModel.disagree_scale``,
+    fitted with the weights) and the router's ``escalate_below`` catches more of them.
+    """
+    return confidence * scale
 
 
 class SidecarClassifier:
@@ -202,14 +212,23 @@ class SidecarClassifier:
         if not isinstance(reply, ClassifyResult):
             return await self._fallback(text, lex, started)
         probs = self._align(reply)
+        disagree = False
         if lex is not None:
+            # A route the lexical model does not know cannot be agreed with: no penalty.
+            top = int(np.argmax(probs))
+            disagree = top != int(np.argmax(lex)) and any(i == top for i, _ in self._lex_cols)
             # Only over the routes the lexical model knows: a route it has never seen keeps
             # the model's probability (its zero here means "no opinion", not "no").
             known = [i for i, _ in self._lex_cols]
             probs = mix_known(self.categories, probs,
                               tuple(self.categories[i] for i in known), lex[known],
                               1.0, self.lexical_weight)
-        return self._remember(key, self._from_probs(probs, "model", text, started))
+        best = int(np.argmax(probs))
+        confidence = float(probs[best])
+        if disagree and self.lexical is not None:
+            confidence = disagreement_confidence(confidence, self.lexical.disagree_scale)
+        return self._remember(
+            key, self._answer(self.categories[best], confidence, "model", text, started))
 
     def _lexical_probs(self, text: str) -> npt.NDArray[np.float32] | None:
         """Lexical probabilities over the configured categories (0 for ones it does not know)."""

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from routegate.sidecar.window import instruction_view
+
 __all__ = ["Embedder"]
 
 FloatArray = npt.NDArray[np.float32]
@@ -59,7 +61,10 @@ class Embedder:
         return tokens
 
     def fit(self, text: str, max_tokens: int) -> tuple[str, int]:
-        """The text cut to at most ``max_tokens`` tokens (head + tail), and its token count."""
+        """The text's instruction view (``window.instruction_view``: pasted material cut to
+        its edge sentences) cut to at most ``max_tokens`` tokens (head + tail), and its
+        token count."""
+        text = instruction_view(text).text
         tokens = self.tokenize(text)
         limit = max(4, min(max_tokens, self.context))
         if len(tokens) <= limit:

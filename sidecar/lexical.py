@@ -1,8 +1,9 @@
 """The fast stage: a linear model over hashed byte and word n-grams (well under 2 ms).
 
-Features are computed with numpy over the UTF-8 bytes of a head + tail window of the text
-(instructions often sit at the end, after a long passage), so the cost is bounded whatever
-the input length. Byte 3-5-grams cover words, morphology and CJK characters alike; word
+Features are computed with numpy over the UTF-8 bytes of the text's instruction view
+(``window.py``: pasted material cut to its edge sentences, then a head + tail window), so
+the instruction is not drowned by a document and the cost is bounded whatever the input
+length. Byte 3-5-grams cover words, morphology and CJK characters alike; word
 unigrams and bigrams and a few shape tokens (length bucket, first and last word) add the
 rest. Hashing (no vocabulary) keeps the shipped weights one small array.
 
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from routegate.sidecar.window import document_tokens, instruction_view
 
 __all__ = [
     "DEFAULT_LEXICAL_WEIGHTS",
@@ -85,20 +88,27 @@ def _token_hash(token: str) -> int:
 
 
 def featurize(text: str) -> tuple[IntArray, FloatArray]:
-    """Hashed feature indices and L2-normalised log-count values for one text."""
-    window = text_window(text).lower()
+    """Hashed feature indices and L2-normalised log-count values for one text.
+
+    The n-grams come from the instruction view (``window.instruction_view``: pasted
+    material cut to its edge sentences), so a long document does not drown the few words
+    that say what to do; the document adds a few tokens of its own (size, kind).
+    """
+    view = instruction_view(text)
+    window = text_window(view.text).lower()
     data = np.frombuffer(window.encode("utf-8", "replace"), dtype=np.uint8).astype(np.uint64)
     parts = [_byte_ngrams(data, n).astype(np.int64) for n in (3, 4, 5)]
     words = _WORD.findall(window)
     tokens = [f"w:{w}" for w in words]
     tokens += [f"b:{a} {b}" for a, b in itertools.pairwise(words)]
-    stripped = text.strip()
+    stripped = view.text
     tokens.append(f"len:{int(math.log2(len(stripped) + 1))}")
     tokens.append(f"lines:{min(stripped.count(chr(10)), 8)}")
     tokens.append(f"end:{stripped[-1:]}")
     if words:
         tokens.append(f"first:{words[0]}")
         tokens.append(f"last:{words[-1]}")
+    tokens += document_tokens(view)
     parts.append(np.fromiter((_token_hash(t) for t in tokens), dtype=np.int64, count=len(tokens)))
     all_idx = np.concatenate(parts)
     idx, counts = np.unique(all_idx, return_counts=True)
@@ -128,6 +138,8 @@ class LexicalModel:
     # these raised to mix_weight.
     accept_confidence: float = 0.9
     mix_weight: float = 1.0
+    # Confidence factor of a mixed answer whose stages disagree (client.disagreement_confidence).
+    disagree_scale: float = 1.0
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_LEXICAL_WEIGHTS) -> LexicalModel:
@@ -141,6 +153,8 @@ class LexicalModel:
                 data["bias"].astype(np.float32),
                 accept_confidence=float(data["accept_confidence"]),
                 mix_weight=float(data["mix_weight"]),
+                disagree_scale=float(data["disagree_scale"]) if "disagree_scale" in data
+                else 1.0,
             )
 
     def save(self, path: str | Path) -> None:
@@ -154,6 +168,7 @@ class LexicalModel:
             bias=self.bias,
             accept_confidence=np.array(self.accept_confidence),
             mix_weight=np.array(self.mix_weight),
+            disagree_scale=np.array(self.disagree_scale),
         )
 
     def predict_proba(self, text: str) -> FloatArray:

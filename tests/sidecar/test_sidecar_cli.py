@@ -42,6 +42,12 @@ def test_eval_with_the_model_prints_metrics(tmp_path: Path,
     assert report["n"] == 3 and 0.0 <= report["macro_f1"] <= 1.0
     assert set(report["latency_ms"]) >= {"p50", "p99"} and "accuracy" in report
     assert any(line.startswith("confusion") for line in out)
+    assert any(line.startswith("per category:") and "precision" in line for line in out)
+    assert any(line.startswith("calibration: ECE") for line in out)
+    assert set(report["precision"]) <= set(report["recall"])
+    cal = report["calibration"]
+    assert cal["escalate_below"] == 0.5 and cal["above"]["n"] + cal["below"]["n"] == 3
+    assert sum(b["n"] for b in cal["bins"]) == 3 and 0.0 <= cal["ece"] <= 1.0
 
 
 def test_metrics_macro_f1() -> None:

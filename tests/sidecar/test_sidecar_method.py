@@ -10,6 +10,7 @@ import numpy as np
 from routegate.sidecar.lexical import LexicalModel, featurize, weight_files
 from routegate.sidecar.routes import route_specs
 from routegate.sidecar.semantic import RouteIndex, mix_known
+from routegate.sidecar.window import document_tokens, instruction_view
 
 
 def test_features_are_stable_across_processes() -> None:
@@ -52,3 +53,27 @@ def test_route_index_prefers_near_duplicates_of_examples() -> None:
 def test_routes_without_examples_take_the_shipped_ones() -> None:
     specs = {spec.name: spec for spec in route_specs(categories=("code", "billing"))}
     assert len(specs["code"].examples) >= 10 and specs["billing"].examples == ()
+
+
+def test_instruction_view_keeps_the_instruction_and_cuts_the_document() -> None:
+    article = " ".join(f"Sentence number {i} of a long news article about the harbour." for i in
+                       range(40))
+    prompt = f"{article}\n\nIs this news item about sports, politics or business?"
+    view = instruction_view(prompt)
+    assert view.text.endswith("Is this news item about sports, politics or business?")
+    assert "Sentence number 20 " not in view.text  # the middle of the pasted text is gone
+    assert view.document_chars > 2000 and view.kind == "prose"
+    assert document_tokens(view)[0] == "doc:yes"
+    short = "Translate 'good morning' to French."
+    assert instruction_view(short).text == short and document_tokens(instruction_view(short)) == [
+        "doc:none"]
+
+
+def test_lexical_features_follow_the_instruction_not_the_document() -> None:
+    # The same instruction around two unrelated documents shares most of its features;
+    # the head + tail window of old shared almost none (the documents filled it).
+    doc_a = " ".join(f"The council voted on the budget for road number {i}." for i in range(60))
+    doc_b = " ".join(f"Our team scored in minute {i} of a rainy match." for i in range(60))
+    ask = "Summarize the text above in two sentences."
+    a, b = (set(featurize(f"{d}\n\n{ask}")[0].tolist()) for d in (doc_a, doc_b))
+    assert len(a & b) / len(a | b) > 0.25

@@ -12,11 +12,13 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from routegate.middleware.config import load_config
 from routegate.sidecar.client import SidecarClassifier
 from routegate.sidecar.convert import ensure_default_model
+from routegate.sidecar.lexical import HASH_BITS, LexicalModel
 from routegate.sidecar.protocol import (
     ClassifyRequest,
     ClassifyResult,
@@ -90,6 +92,27 @@ async def test_model_stage_answers(sidecar: SidecarSupervisor) -> None:
         assert (again.category, again.method) == ("translation", "cache")
     finally:
         await client.close()
+
+
+async def test_stage_disagreement_lowers_the_confidence(sidecar: SidecarSupervisor) -> None:
+    # A lexical model that always leans to chat (bias only) against a model stage that
+    # knows a code request: the stages disagree, so the answer's confidence is scaled down.
+    categories = ("code", "chat")
+    answers = []
+    for scale in (1.0, 0.5):
+        lexical = LexicalModel(categories, np.zeros((1 << HASH_BITS, 2), dtype=np.float16),
+                               np.array([0.0, 0.4], dtype=np.float32), accept_confidence=1.01,
+                               mix_weight=1.0, disagree_scale=scale)
+        client = await _client(sidecar, lexical=lexical, categories=categories,
+                               routes=route_specs(categories=categories), budget_ms=10_000)
+        try:
+            answers.append(await client.classify(
+                "Write a Python function that reverses a linked list in place."))
+        finally:
+            await client.close()
+    plain, scaled = answers
+    assert plain.method == scaled.method == "model" and plain.category == scaled.category
+    assert abs(scaled.confidence - plain.confidence * 0.5) < 1e-3
 
 
 async def test_budget_expiry_falls_back(sidecar: SidecarSupervisor) -> None:
