@@ -113,7 +113,8 @@ def test_environment_proxy_and_no_proxy(two: tuple[FakeProvider, FakeProvider, s
             assert ask(url).headers["x-routegate-model"] == "cheap"
             first.set_default(Fault.status(500))
             assert ask(url).headers["x-routegate-model"] == "mid"
-    assert proxy.seen == [f"POST {url_a}/v1/chat/completions"] * 2
+    # a: the first answer, then the 500 and its same-model retry (retry.same_model_5xx = 1)
+    assert proxy.seen == [f"POST {url_a}/v1/chat/completions"] * 3
     assert len(second.requests) == 1
 
 
