@@ -14,7 +14,9 @@
 
 Every ``/admin`` path except the page itself needs ``Authorization: Bearer <token>`` where the
 token is the value of the environment variable named by ``admin.token_env``; without one the
-whole ``/admin`` tree does not exist (404). The compare is constant-time.
+whole ``/admin`` tree does not exist (404). The compare is constant-time and runs before any
+route is looked up or a body read. The routes are Starlette's (``middleware/operator.py``):
+a known path with the wrong method is a 405 with ``allow``.
 """
 
 
