@@ -16,15 +16,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from routegate.middleware.admin import ADMIN_BODY_LIMIT, AdminApi, send_json
-from routegate.middleware.asgi_types import Receive, Scope, Send
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from routegate.middleware.admin import ADMIN_BODY_LIMIT, AdminApi
 from routegate.middleware.budgets import ClientLimiter, Reservation, reservation_usd
 from routegate.middleware.config import GatewayConfig
-from routegate.middleware.errors import GatewayError
 from routegate.middleware.feedback import FeedbackStore
 from routegate.middleware.gateway import read_body
 from routegate.middleware.health import Controls, HealthObserver, HealthRegistry, LiveView
 from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
+from routegate.middleware.operator import (
+    JSONAnswer,
+    OperatorApp,
+    OperatorRoute,
+    context,
+    operator_router,
+)
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.routing import ModelSignal, Override, Plan
 
@@ -87,6 +96,7 @@ class AdaptiveExtension:
         self.started_at = wall()
         self.reconfiguring: asyncio.Task[None] | None = None  # sidecar re-learning routes
         self.admin = AdminApi(self)
+        self._admin_mounted = False
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -108,19 +118,20 @@ class AdaptiveExtension:
         gateway.observers.add(_Observer(self))
         gateway.policy = self
         gateway.authenticate = self.authenticate
-        gateway.endpoints[config.server.prefix + "/feedback"] = self._feedback_endpoint
+        path = config.server.prefix + "/feedback"  # client-key check first, like chat
+        gateway.routes.append(Route(path, OperatorApp(gateway, operator_router([
+            OperatorRoute(path, self._feedback, methods=["POST"])]), authenticate=True)))
         self.configure_admin(config)
 
     def configure_admin(self, config: GatewayConfig) -> None:
         """``/admin`` exists only with a token: mounted in a host app, the host's own /admin
         paths stay the host's."""
         self.admin.token = self.admin_token(config)
-        mounted = any(handler == self.admin.endpoint
-                      for _, handler in self.gateway.prefix_endpoints)
         if self.admin.token is None:
             log.info("admin API disabled: admin.token_env is not set or names an empty variable")
-        elif not mounted:
-            self.gateway.prefix_endpoints.append(("/admin", self.admin.endpoint))
+        elif not self._admin_mounted:
+            self.gateway.routes.extend(self.admin.routes(self.gateway))
+            self._admin_mounted = True
 
     def admin_token(self, config: GatewayConfig) -> str | None:
         """The admin token ``config`` gives (from the variable ``admin.token_env`` names)."""
@@ -171,20 +182,16 @@ class AdaptiveExtension:
             self.limiter.settle(reservation, _request_cost(ctx.attempts))
 
     # -- POST {prefix}/feedback --------------------------------------------------------------
-    async def _feedback_endpoint(self, scope: Scope, ctx: RequestContext, receive: Receive,
-                                 send: Send) -> RequestOutcome:
-        if scope["method"] != "POST":
-            raise GatewayError("Use POST for this endpoint", status=405, code="method_not_allowed")
+    async def _feedback(self, request: Request) -> Response:
+        ctx = context(request.scope)
         admin = ctx.state.get(_ADMIN, False) or (not self.limiter.enabled
                                                  and self._is_admin(ctx.headers))
         if not admin:
             self.feedback.check_rate(ctx.client, self.config.adaptive.feedback_per_minute)
-        body = await read_body(receive, ADMIN_BODY_LIMIT)
-        result = self.feedback.apply(
+        body = await read_body(request.receive, ADMIN_BODY_LIMIT)
+        return JSONAnswer(self.feedback.apply(
             body, self.config.categories, client=ctx.client,
-            admin_clients=(None, *self.config.clients) if admin else None)
-        await send_json(send, 200, result)
-        return RequestOutcome(200, "success")
+            admin_clients=(None, *self.config.clients) if admin else None))
 
 
 def _request_cost(attempts: list[AttemptInfo]) -> float | None:

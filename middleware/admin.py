@@ -14,7 +14,9 @@
 
 Every ``/admin`` path except the page itself needs ``Authorization: Bearer <token>`` where the
 token is the value of the environment variable named by ``admin.token_env``; without one the
-whole ``/admin`` tree does not exist (404). The compare is constant-time.
+whole ``/admin`` tree does not exist (404). The compare is constant-time and runs before any
+route is looked up or a body read. The routes are Starlette's (``middleware/operator.py``):
+a known path with the wrong method is a 405 with ``allow``.
 """
 
 
@@ -26,17 +28,25 @@ import importlib.resources
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 import msgspec
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
 from routegate.middleware.budgets import reservation_usd
 from routegate.middleware.config import ConfigError, GatewayConfig, load_config, resolve_config_path
 from routegate.middleware.errors import GatewayError, InvalidRequest, Unauthorized
-from routegate.middleware.gateway import read_body
+from routegate.middleware.gateway import Gateway, read_body
 from routegate.middleware.health import WINDOWS
-from routegate.middleware.observe import RequestContext, RequestOutcome
+from routegate.middleware.operator import (
+    JSONAnswer,
+    OperatorApp,
+    OperatorRoute,
+    context,
+    operator_router,
+)
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.routing import Candidate, Override, plan_route
 from routegate.middleware.wire.openai import message_text
@@ -45,13 +55,12 @@ from routegate.sidecar.protocol import Classification
 if TYPE_CHECKING:
     from routegate.middleware.adaptive import AdaptiveExtension
 
-__all__ = ["ADMIN_BODY_LIMIT", "MAX_TTL_S", "AdminApi", "describe_changes", "send_json"]
+__all__ = ["ADMIN_BODY_LIMIT", "MAX_TTL_S", "AdminApi", "describe_changes"]
 
 ADMIN_BODY_LIMIT = 1 << 20  # admin (and feedback) bodies are small JSON documents
 MAX_TTL_S = 30 * 86_400.0  # an override outliving a month is config, not an operator's nudge
 
 log = logging.getLogger("routegate")
-_json = msgspec.json.Encoder()
 
 
 class WeightChange(msgspec.Struct, forbid_unknown_fields=True):
@@ -67,57 +76,74 @@ _weight_decoder = msgspec.json.Decoder(WeightChange)
 
 
 class AdminApi:
-    """The ``/admin`` endpoint; ``token`` is set (or cleared) by the extension from
+    """The ``/admin`` tree; ``token`` is set (or cleared) by the extension from
     ``admin.token_env`` at start and on every reload."""
 
     def __init__(self, extension: AdaptiveExtension) -> None:
         self.ext = extension
         self.token: str | None = None
+        self.router = operator_router([
+            OperatorRoute("/admin/stats", self._stats, methods=["GET"]),
+            OperatorRoute("/admin/weights", self._weights, methods=["GET", "PUT", "DELETE"]),
+            OperatorRoute("/admin/models/{name}/enable", self._enable, methods=["POST"]),
+            OperatorRoute("/admin/models/{name}/disable", self._disable, methods=["POST"]),
+            OperatorRoute("/admin/breakers/{name}/reset", self._reset, methods=["POST"]),
+            OperatorRoute("/admin/reload", self._reload, methods=["POST"]),
+            OperatorRoute("/admin/explain", self._explain, methods=["POST"]),
+        ])
 
-    async def endpoint(self, scope: Scope, ctx: RequestContext, receive: Receive,
-                              send: Send) -> RequestOutcome:
-        ext = self.ext
+    def routes(self, gateway: Gateway) -> list[BaseRoute]:
+        """The whole ``/admin`` tree, for ``gateway.routes``: the token is checked before any
+        admin route is looked up or reads its body."""
+        app = OperatorApp(gateway, self._guarded)
+        return [Route("/admin", app), Route("/admin/{path:path}", app)]
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"].rstrip("/"), scope["method"]
-        if self.token is None:
+        if self.token is None:  # cleared by a reload with ?allow_shrink=true
             raise GatewayError(f"No route for {method} {scope['path']}", status=404,
                                code="not_found")
         if path == "/admin" and method == "GET":
-            await _send(send, 200, _dashboard(), b"text/html; charset=utf-8")
-            return RequestOutcome(200, "success")
-        self._check_token(ctx.headers)
-        parts = path.split("/")[2:]  # after "", "admin"
-        route = (method, *parts[:1])
-        result: Any
-        if route == ("GET", "stats"):
-            result = self.stats()
-        elif route == ("GET", "weights"):
-            result = self.weights()
-        elif route == ("PUT", "weights"):
-            result = self.put_weight(await read_body(receive, ADMIN_BODY_LIMIT))
-        elif route == ("DELETE", "weights"):
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            model = query.get("model", [""])[0]
-            category = query.get("category", ["*"])[0]
-            result = {"cleared": ext.controls.clear(model, category), **self.weights()}
-        elif method == "POST" and len(parts) == 3 and parts[0] == "models" and parts[2] in (
-                "enable", "disable"):
-            result = self.set_enabled(parts[1], parts[2] == "enable")
-        elif method == "POST" and len(parts) == 3 and parts[0] == "breakers" and parts[2] == "reset":
-            breaker = ext.registry.breakers.get(parts[1])
-            if breaker is None:
-                raise _unknown_model(parts[1])
-            breaker.reset()
-            result = {"model": parts[1], "breaker": "closed"}
-        elif route == ("POST", "reload"):
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            result = self.reload(allow_shrink=query.get("allow_shrink", [""])[0] == "true")
-        elif route == ("POST", "explain"):
-            result = await self.explain(await ext.gateway.read_chat_request(scope, receive))
-        else:
-            raise GatewayError(f"No admin route for {method} {scope['path']}", status=404,
-                               code="not_found")
-        await send_json(send, 200, result)
-        return RequestOutcome(200, "success")
+            page = HTMLResponse(_dashboard(), headers={"cache-control": "no-store"})
+            await page(scope, receive, send)
+            return
+        self._check_token(context(scope).headers)
+        await self.router({**scope, "path": path}, receive, send)  # /admin/stats/ as before
+
+    async def _stats(self, request: Request) -> Response:
+        return JSONAnswer(self.stats())
+
+    async def _weights(self, request: Request) -> Response:
+        if request.method == "PUT":
+            return JSONAnswer(self.put_weight(await read_body(request.receive, ADMIN_BODY_LIMIT)))
+        if request.method == "DELETE":
+            query = request.query_params
+            cleared = self.ext.controls.clear(query.get("model", ""),
+                                              query.get("category") or "*")
+            return JSONAnswer({"cleared": cleared, **self.weights()})
+        return JSONAnswer(self.weights())
+
+    async def _enable(self, request: Request) -> Response:
+        return JSONAnswer(self.set_enabled(request.path_params["name"], True))
+
+    async def _disable(self, request: Request) -> Response:
+        return JSONAnswer(self.set_enabled(request.path_params["name"], False))
+
+    async def _reset(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        breaker = self.ext.registry.breakers.get(name)
+        if breaker is None:
+            raise _unknown_model(name)
+        breaker.reset()
+        return JSONAnswer({"model": name, "breaker": "closed"})
+
+    async def _reload(self, request: Request) -> Response:
+        return JSONAnswer(self.reload(
+            allow_shrink=request.query_params.get("allow_shrink") == "true"))
+
+    async def _explain(self, request: Request) -> Response:
+        chat = await self.ext.gateway.read_chat_request(request.scope, request.receive)
+        return JSONAnswer(await self.explain(chat))
 
     def _check_token(self, headers: dict[str, str]) -> None:
         assert self.token is not None
@@ -332,15 +358,3 @@ def _unknown_model(name: str) -> GatewayError:
 def _dashboard() -> bytes:
     return importlib.resources.files("routegate.middleware").joinpath(
         "dashboard.html").read_bytes()
-
-
-async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"cache-control", b"no-store")]})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def send_json(send: Send, status: int, value: Any) -> None:
-    await _send(send, status, _json.encode(value), b"application/json")

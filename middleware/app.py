@@ -1,94 +1,108 @@
-"""The standalone gateway: RouterMiddleware around health endpoints.
+"""The standalone gateway: a Starlette application with RouterMiddleware mounted.
 
 ``create_app(config)`` builds it; ``app`` is the same built lazily from ``ROUTEGATE_CONFIG``
 (or ./gateway.toml) on first use, so ``uvicorn routegate.middleware.app:app`` works and importing
-this module does nothing.
+this module does nothing. The app's own routes are ``/healthz`` and ``/readyz``; the gateway's
+paths (chat, messages, models: pure ASGI; feedback, ``/admin``: its Starlette routes) are
+answered by the middleware before Starlette's routing sees them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 
 from routegate.middleware.asgi import RouterMiddleware
-from routegate.middleware.asgi_types import Receive, Scope, Send
+from routegate.middleware.asgi_types import ASGIApp, Receive, Scope, Send
 from routegate.middleware.config import GatewayConfig, load_config, resolve_config_path
-from routegate.middleware.errors import error_body
+from routegate.middleware.errors import GatewayError
+from routegate.middleware.gateway import Gateway
+from routegate.middleware.operator import JSONAnswer, OperatorRoute
 
-__all__ = ["app", "create_app"]
-
-_json = msgspec.json.Encoder()
-
-
-class _HealthApp:
-    """/healthz (process up), /readyz (can serve: models available, local model alive)."""
-
-    def __init__(self) -> None:
-        self.router: RouterMiddleware | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan_noop(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        path = scope["path"]
-        if path in ("/healthz", "/readyz") and scope["method"] not in ("GET", "HEAD"):
-            await _json_response(send, 405, error_body(
-                f"Use GET for {path}", "invalid_request_error", "method_not_allowed"),
-                [(b"allow", b"GET, HEAD")])
-        elif path == "/healthz":
-            await _json_response(send, 200, b'{"status":"ok"}')
-        elif path == "/readyz" and self.router is not None:
-            gateway = self.router.gateway
-            body = _json.encode({
-                "status": "ready" if gateway.ready else "not_ready",
-                "available_models": sorted(gateway.available),
-                "skipped_providers": gateway.skipped_providers,
-                "local_model": None if gateway.local is None else
-                ("alive" if gateway.local.alive else "down"),
-                **{name: describe() for name, describe in gateway.status.items()},
-            })
-            await _json_response(send, 200 if gateway.ready else 503, body)
-        else:
-            await _json_response(send, 404, error_body(
-                f"No route for {scope['method']} {path}", "invalid_request_error", "not_found"))
+__all__ = ["GatewayApp", "app", "create_app"]
 
 
-async def _lifespan_noop(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+class GatewayApp(Starlette):
+    """Starlette with the gateway's RouterMiddleware as its outermost middleware; ``gateway``,
+    ``startup`` and ``shutdown`` reach the middleware (for in-process use without a server)."""
+
+    def __init__(self, router: RouterMiddleware) -> None:
+        self.router_middleware = router
+        super().__init__(
+            routes=[OperatorRoute("/healthz", _healthz, methods=["GET"]),
+                    OperatorRoute("/readyz", self._readyz, methods=["GET"])],
+            middleware=[Middleware(_mount, router=router)],
+            exception_handlers={GatewayError: _error, HTTPException: _error})
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.router_middleware.gateway
+
+    @gateway.setter
+    def gateway(self, gateway: Gateway) -> None:  # before start: the bench swaps transports
+        self.router_middleware.gateway = gateway
+
+    async def startup(self) -> None:
+        await self.router_middleware.startup()
+
+    async def shutdown(self) -> None:
+        await self.router_middleware.shutdown()
+
+    async def _readyz(self, request: Request) -> Response:
+        """200 when the gateway can serve (models available, local model alive), else 503."""
+        gateway = self.gateway
+        return JSONAnswer({
+            "status": "ready" if gateway.ready else "not_ready",
+            "available_models": sorted(gateway.available),
+            "skipped_providers": gateway.skipped_providers,
+            "local_model": None if gateway.local is None else
+            ("alive" if gateway.local.alive else "down"),
+            **{name: describe() for name, describe in gateway.status.items()},
+        }, 200 if gateway.ready else 503)
 
 
-async def _json_response(send: Send, status: int, body: bytes,
-                         extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *(extra or ())]})
-    await send({"type": "http.response.body", "body": body})
+def _mount(app: ASGIApp, router: RouterMiddleware) -> ASGIApp:
+    router.app = app  # Starlette's own stack (routing, error handlers) behind the middleware
+    return router
+
+
+async def _healthz(request: Request) -> Response:
+    """The process is up."""
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    """Starlette's 404 (and any GatewayError) as the API's error body."""
+    if isinstance(exc, HTTPException):
+        missing = exc.status_code == 404
+        exc = GatewayError(f"No route for {request.method} {request.url.path}" if missing
+                           else exc.detail, status=exc.status_code,
+                           code="not_found" if missing else None, headers=dict(exc.headers or {}))
+    assert isinstance(exc, GatewayError)
+    return Response(exc.body(), exc.status, headers=exc.headers, media_type="application/json")
 
 
 def create_app(config: GatewayConfig | None = None, *,
-               config_path: str | Path | None = None) -> RouterMiddleware:
+               config_path: str | Path | None = None) -> GatewayApp:
     """The standalone gateway as one ASGI app (serve it with uvicorn, lifespan on)."""
-    health = _HealthApp()
-    router = RouterMiddleware(health, config=config or load_config(resolve_config_path(
-        None if config_path is None else str(config_path))))
-    health.router = router
-    return router
+    return GatewayApp(RouterMiddleware(_unmounted, config=config or load_config(
+        resolve_config_path(None if config_path is None else str(config_path)))))
+
+
+async def _unmounted(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError("RouterMiddleware is mounted when the Starlette app builds its stack")
 
 
 class _LazyApp:
     """Builds the app on first ASGI call, not at import."""
 
     def __init__(self) -> None:
-        self._app: RouterMiddleware | None = None
+        self._app: GatewayApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._app is None:

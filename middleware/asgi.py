@@ -1,8 +1,10 @@
 """RouterMiddleware: the gateway as pure ASGI middleware inside any Starlette/FastAPI app.
 
-Requests to the gateway's paths (``{prefix}/chat/completions``, ``{prefix}/models``; prefix
-``/v1`` by default) are answered here; every other scope (other paths, websockets, the host's
-own middleware stack) passes to the wrapped app untouched. The gateway starts with the host's
+Requests to the gateway's paths (``{prefix}/chat/completions``, ``{prefix}/models``,
+``{prefix}/messages``; prefix ``/v1`` by default) are answered here as pure ASGI; its operator
+paths (``{prefix}/feedback``, ``/admin`` with a token) by its Starlette routes; every other
+scope (other paths, websockets, the host's own middleware stack) passes to the wrapped app
+untouched. The gateway starts with the host's
 lifespan, or on the first gateway request when the host runs without one.
 """
 
@@ -15,6 +17,7 @@ from routegate.middleware.asgi_types import ASGIApp, Message, Receive, Scope, Se
 from routegate.middleware.config import GatewayConfig, load_config, resolve_config_path
 from routegate.middleware.extensions import default_extensions
 from routegate.middleware.gateway import Gateway
+from routegate.middleware.operator import match_route
 
 __all__ = ["RouterMiddleware"]
 
@@ -34,11 +37,17 @@ class RouterMiddleware:
         self._start_lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._started:
-            await self.startup()  # host without lifespan: extensions add endpoints at start
-        if scope["type"] == "http" and self.gateway.handles(scope["path"]):
-            await self.gateway(scope, receive, send)
-        elif scope["type"] == "lifespan":
+        if scope["type"] == "http":
+            if not self._started:
+                await self.startup()  # host without lifespan: extensions add endpoints at start
+            if scope["path"] in self.gateway.endpoints:  # the hot path: chat, messages, models
+                await self.gateway(scope, receive, send)
+                return
+            route = match_route(self.gateway.routes, scope)  # feedback, /admin (Starlette)
+            if route is not None:
+                await route.handle(scope, receive, send)
+                return
+        if scope["type"] == "lifespan":
             await self.app(scope, self._lifespan_receive(receive), send)
         else:
             await self.app(scope, receive, send)

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import httpx
 import msgspec
+from starlette.routing import BaseRoute
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
 from routegate.middleware.config import ConfigError, GatewayConfig, ProviderConfig
@@ -92,10 +93,11 @@ class Gateway:
             config.server.prefix + "/chat/completions": self._chat,
             config.server.prefix + "/models": self._list_models,
         }
-        self.prefix_endpoints: list[tuple[str, Endpoint]] = []  # e.g. ("/admin", handler)
+        # Off the hot path (feedback, /admin): Starlette routes, see middleware/operator.py
+        self.routes: list[BaseRoute] = []
         self.policy: ChatPolicy | None = None  # set by the adaptive extension
-        # Client-key check for every path in ``endpoints`` (not the ``/admin`` tree, which has
-        # its own token), run before the endpoint reads or validates anything; set by the
+        # Client-key check for every path in ``endpoints`` and feedback (not the ``/admin``
+        # tree, which has its own token), run before the endpoint reads or validates anything; set by the
         # adaptive extension. Raises Unauthorized; may set ``ctx.client``.
         self.authenticate: Callable[[RequestContext], None] | None = None
         # Error bodies in another API's shape for some paths (Anthropic's for /messages)
@@ -193,17 +195,15 @@ class Gateway:
         return self._relay is not None and bool(self.available) and (
             self.local is None or self.local.alive)
 
-    def handles(self, path: str) -> bool:
-        return path in self.endpoints or self._prefix_endpoint(path) is not None
-
-    def _prefix_endpoint(self, path: str) -> Endpoint | None:
-        for prefix, handler in self.prefix_endpoints:
-            if path == prefix or path.startswith(prefix + "/"):
-                return handler
-        return None
-
     # -- requests --------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request to a path in ``endpoints`` (the hot path)."""
+        await self.serve(scope, receive, send, self.endpoints[scope["path"]], self.authenticate)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint,
+                    authenticate: Callable[[RequestContext], None] | None) -> None:
+        """Run ``endpoint`` with a request id and observers; ``authenticate`` first (401 before
+        a byte of the body is read); a GatewayError becomes the API's error answer."""
         path = scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         incoming_id = headers.get("x-request-id", "")
@@ -213,12 +213,8 @@ class Gateway:
             path=path, headers=headers, started_at=time.perf_counter())
         if self.observers:
             self.observers.on_request(ctx)
-        endpoint = self.endpoints.get(path)
-        authenticate = self.authenticate if endpoint is not None else None
-        endpoint = endpoint or self._prefix_endpoint(path)
-        assert endpoint is not None, "RouterMiddleware only calls the gateway for its paths"
         try:
-            if authenticate is not None:  # 401 before a byte of the body is read
+            if authenticate is not None:
                 authenticate(ctx)
             outcome = await endpoint(scope, ctx, receive, send)
         except GatewayError as exc:
