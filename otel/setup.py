@@ -10,14 +10,18 @@ Resolution, in order:
    per-signal ``OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT``): routegate builds its own SDK
    providers with OTLP exporters (protocol from ``otlp_protocol``, else
    ``OTEL_EXPORTER_OTLP_PROTOCOL``, else grpc for port 4317 and http/protobuf otherwise).
-   They are private to routegate (not installed as the global providers) and are flushed and
+   They are the SDK's ``TracerProvider`` (a ``BatchSpanProcessor`` with the exporter package's
+   OTLP span exporter) and ``MeterProvider`` (a ``PeriodicExportingMetricReader`` with its OTLP
+   metric exporter), private to routegate (not installed as the global providers), flushed and
    shut down by :meth:`Telemetry.shutdown`.
 5. Nothing configured: off, and the gateway runs with no observer at all.
 
 Everything the exporters read themselves keeps working: ``OTEL_EXPORTER_OTLP_HEADERS``,
 ``..._TIMEOUT``, ``..._COMPRESSION``, certificates; the sampler comes from
 ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` (default: parent-based, always on), batch
-sizes from ``OTEL_BSP_*``, the export interval from ``OTEL_METRIC_EXPORT_INTERVAL``.
+sizes from ``OTEL_BSP_*``, the export interval from ``OTEL_METRIC_EXPORT_INTERVAL``, the
+metric temporality from ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`` (those are read
+by the SDK and exporters from the process environment, not from ``environ``).
 ``OTEL_TRACES_EXPORTER=none`` / ``OTEL_METRICS_EXPORTER=none`` switch one signal off.
 The SDK and exporter packages are imported only here, only when telemetry is on.
 """
@@ -28,12 +32,13 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import urlsplit
 
 from opentelemetry import metrics, trace
 
-from routegate.middleware.config import TelemetryConfig
+from routegate.otel.sinks import MetricSink, SdkSink
+from routegate.otel.version import INSTRUMENTATION_NAME, __version__
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter
@@ -41,15 +46,29 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.sdk.trace.export import SpanExporter
 
-    from routegate.otel.sinks import FastSink, MetricSink
-
-__all__ = ["OtlpProtocol", "Telemetry", "resolve_protocol", "setup_telemetry"]
+__all__ = ["OtlpProtocol", "Telemetry", "TelemetrySettings", "resolve_protocol",
+           "setup_telemetry"]
 
 log = logging.getLogger("routegate.otel")
 
 OtlpProtocol = Literal["grpc", "http/protobuf"]
 Environ = Callable[[str], "str | None"]
-INSTRUMENTATION_NAME = "routegate"
+
+
+class TelemetrySettings(Protocol):
+    """The ``[telemetry]`` section (``middleware.config.TelemetryConfig`` has this shape; otel
+    reads it through this protocol so that it never imports the middleware)."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def service_name(self) -> str: ...
+    @property
+    def otlp_endpoint(self) -> str: ...
+    @property
+    def otlp_protocol(self) -> str: ...
+    @property
+    def capture_content(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -59,23 +78,15 @@ class Telemetry:
     tracer_provider: trace.TracerProvider
     meter_provider: metrics.MeterProvider
     owned: list[object] = field(default_factory=list)  # SDK providers routegate created
-    light_tracer: trace.Tracer | None = None  # for providers routegate built (light.py)
-    fast_sink: FastSink | None = None  # for the metrics pipeline routegate built (sinks.py)
 
     def tracer(self) -> trace.Tracer:
-        from routegate.otel import __version__
-        if self.light_tracer is not None:
-            return self.light_tracer
         return self.tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__)
 
     def meter(self) -> metrics.Meter:
-        from routegate.otel import __version__
         return self.meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
 
     def sink(self) -> MetricSink:
-        from routegate.otel.sinks import SdkSink
-
-        return self.fast_sink if self.fast_sink is not None else SdkSink(self.meter())
+        return SdkSink(self.meter())
 
     def force_flush(self) -> None:
         for provider in (self.tracer_provider, self.meter_provider):
@@ -86,7 +97,7 @@ class Telemetry:
     def shutdown(self) -> None:
         """Flush and stop the providers routegate created (never the host's)."""
         for provider in self.owned:
-            provider.shutdown()  # type: ignore[attr-defined]  # SDK providers, MetricsPusher
+            provider.shutdown()  # type: ignore[attr-defined]  # SDK providers
         self.owned.clear()
 
 
@@ -102,10 +113,10 @@ def _host_tracer_provider() -> trace.TracerProvider | None:
 
 
 def _host_meter_provider() -> metrics.MeterProvider | None:
-    from opentelemetry.metrics._internal import _ProxyMeterProvider
-
     provider = metrics.get_meter_provider()
-    if isinstance(provider, _ProxyMeterProvider | metrics.NoOpMeterProvider):
+    # The API's stand-ins (its no-op provider and the proxy it returns until a provider is
+    # set) live in the API package; the proxy's class is not public, so tell them by module.
+    if type(provider).__module__.startswith("opentelemetry.metrics"):
         return None
     return provider
 
@@ -127,26 +138,29 @@ def resolve_protocol(configured: str, environ: Environ, endpoint: str,
     return "grpc" if port == 4317 else "http/protobuf"
 
 
-def _endpoint(config: TelemetryConfig, environ: Environ,
+def _endpoint(config: TelemetrySettings, environ: Environ,
               signal: Literal["TRACES", "METRICS"]) -> str:
     return (config.otlp_endpoint or environ(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
             or environ("OTEL_EXPORTER_OTLP_ENDPOINT") or "")
 
 
-def _span_exporter(config: TelemetryConfig, environ: Environ, endpoint: str) -> SpanExporter:
+def _span_exporter(config: TelemetrySettings, environ: Environ, endpoint: str) -> SpanExporter:
     protocol = resolve_protocol(config.otlp_protocol, environ, endpoint, "TRACES")
     # An endpoint from gateway.toml is a base URL like OTEL_EXPORTER_OTLP_ENDPOINT; one from
     # the environment is left for the exporter to read with the spec's own rules.
     explicit = config.otlp_endpoint.rstrip("/") or None
-    # The exporter package's exporters with a faster encoder (routegate.otel.encode).
-    from routegate.otel.encode import FastGrpcSpanExporter, FastHttpSpanExporter
-
     if protocol == "grpc":
-        return FastGrpcSpanExporter(endpoint=explicit, insecure=_insecure(explicit))
-    return FastHttpSpanExporter(endpoint=None if explicit is None else explicit + "/v1/traces")
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as G,
+        )
+
+        return G(endpoint=explicit, insecure=_insecure(explicit))
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as H
+
+    return H(endpoint=None if explicit is None else explicit + "/v1/traces")
 
 
-def _metric_exporter(config: TelemetryConfig, environ: Environ, endpoint: str) -> MetricExporter:
+def _metric_exporter(config: TelemetrySettings, environ: Environ, endpoint: str) -> MetricExporter:
     protocol = resolve_protocol(config.otlp_protocol, environ, endpoint, "METRICS")
     explicit = config.otlp_endpoint.rstrip("/") or None
     if protocol == "grpc":
@@ -168,10 +182,8 @@ def _insecure(endpoint: str | None) -> bool | None:
     return endpoint.startswith("http://") or None
 
 
-def _resource(config: TelemetryConfig, environ: Environ) -> Resource:
+def _resource(config: TelemetrySettings, environ: Environ) -> Resource:
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-
-    from routegate.otel import __version__
 
     # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES; OTEL_SERVICE_NAME, the deployment's
     # word, wins over gateway.toml's default.
@@ -179,40 +191,32 @@ def _resource(config: TelemetryConfig, environ: Environ) -> Resource:
     return Resource.create({SERVICE_NAME: name, "service.version": __version__})
 
 
-def _light(config: TelemetryConfig, environ: Environ, processor: SpanProcessor,
-           resource: Resource) -> tuple[trace.TracerProvider, trace.Tracer]:
-    """An SDK provider carrying the processor (sampler: OTEL_TRACES_SAMPLER), and the light
-    tracer that feeds that processor directly."""
+def _tracer_provider(resource: Resource, processor: SpanProcessor) -> trace.TracerProvider:
+    """The SDK's provider (sampler from OTEL_TRACES_SAMPLER) feeding ``processor``."""
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
-    from routegate.otel import __version__
-    from routegate.otel.light import LightTracer
 
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(processor)
-    scope = InstrumentationScope(INSTRUMENTATION_NAME, __version__)
-    return provider, LightTracer(provider, processor, scope)
+    return provider
 
 
-def setup_telemetry(config: TelemetryConfig, *,
+def setup_telemetry(config: TelemetrySettings, *,
                     tracer_provider: trace.TracerProvider | None = None,
                     meter_provider: metrics.MeterProvider | None = None,
                     span_processor: SpanProcessor | None = None,
                     environ: Environ = os.environ.get) -> Telemetry | None:
     """Providers for the gateway's observer, or None when telemetry is off (see module doc).
 
-    ``span_processor`` (tests): spans go to it through routegate's light tracer, the path
-    used in production for the providers routegate builds itself.
+    ``span_processor`` (tests): spans go to it through an SDK TracerProvider routegate builds,
+    the path used in production when an OTLP endpoint is configured.
     """
     if not config.enabled or _env_true(environ("OTEL_SDK_DISABLED")):
         return None
     owned: list[object] = []
-    light_tracer: trace.Tracer | None = None
     resource: Resource | None = None
     if span_processor is not None and tracer_provider is None:
         resource = _resource(config, environ)
-        tracer_provider, light_tracer = _light(config, environ, span_processor, resource)
+        tracer_provider = _tracer_provider(resource, span_processor)
     tracer_provider = tracer_provider or _host_tracer_provider()
     meter_provider = meter_provider or _host_meter_provider()
     if tracer_provider is None:
@@ -220,41 +224,26 @@ def setup_telemetry(config: TelemetryConfig, *,
         if endpoint and (environ("OTEL_TRACES_EXPORTER") or "otlp").strip() != "none":
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-            resource = _resource(config, environ)
-            batch = BatchSpanProcessor(_span_exporter(config, environ, endpoint))
-            tracer_provider, light_tracer = _light(config, environ, batch, resource)
+            resource = resource or _resource(config, environ)
+            tracer_provider = _tracer_provider(resource, BatchSpanProcessor(
+                _span_exporter(config, environ, endpoint)))
             owned.append(tracer_provider)
-    fast_sink: FastSink | None = None
     if meter_provider is None:
         endpoint = _endpoint(config, environ, "METRICS")
         if endpoint and (environ("OTEL_METRICS_EXPORTER") or "otlp").strip() != "none":
-            from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-            from routegate.otel import __version__
-            from routegate.otel.sinks import FastSink, MetricsPusher
-
-            fast_sink = FastSink()
-            owned.append(MetricsPusher(
-                fast_sink, _metric_exporter(config, environ, endpoint),
-                resource or _resource(config, environ),
-                InstrumentationScope(INSTRUMENTATION_NAME, __version__),
-                interval_s=_millis(environ, "OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000,
-                timeout_s=_millis(environ, "OTEL_METRIC_EXPORT_TIMEOUT", 30000) / 1000))
-    if tracer_provider is None and meter_provider is None and fast_sink is None:
+            # The reader reads OTEL_METRIC_EXPORT_INTERVAL/_TIMEOUT; the exporter its
+            # temporality preference.
+            reader = PeriodicExportingMetricReader(_metric_exporter(config, environ, endpoint))
+            meter_provider = MeterProvider(metric_readers=[reader],
+                                           resource=resource or _resource(config, environ))
+            owned.append(meter_provider)
+    if tracer_provider is None and meter_provider is None:
         return None
     log.info("telemetry on: traces %s, metrics %s",
              "off" if tracer_provider is None else type(tracer_provider).__name__,
-             "OTLP" if fast_sink is not None else
              "off" if meter_provider is None else type(meter_provider).__name__)
     return Telemetry(tracer_provider or trace.NoOpTracerProvider(),
-                     meter_provider or metrics.NoOpMeterProvider(), owned, light_tracer,
-                     fast_sink)
-
-
-def _millis(environ: Environ, name: str, default: int) -> int:
-    value = (environ(name) or "").strip()
-    try:
-        return max(1, int(value)) if value else default
-    except ValueError:
-        log.warning("%s=%r is not a number of milliseconds; using %d", name, value, default)
-        return default
+                     meter_provider or metrics.NoOpMeterProvider(), owned)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry import metrics, trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -13,10 +15,7 @@ from routegate.middleware import Gateway, parse_config
 from routegate.middleware.config import TelemetryConfig
 from routegate.otel import TelemetryExtension, setup_telemetry
 from routegate.otel.attributes import METRICS, prometheus_name
-from routegate.otel.encode import FastGrpcSpanExporter as GrpcSpans
-from routegate.otel.encode import FastHttpSpanExporter as HttpSpans
 from routegate.otel.setup import resolve_protocol
-from routegate.otel.sinks import MetricsPusher
 
 
 def env(**values: str) -> dict[str, str]:
@@ -73,9 +72,8 @@ def test_own_providers_from_the_config_endpoint(protocol: str, kind: type) -> No
     assert telemetry is not None
     try:
         assert isinstance(telemetry.tracer_provider, TracerProvider)
-        assert telemetry.fast_sink is not None and telemetry.sink() is telemetry.fast_sink
-        assert telemetry.owned[0] is telemetry.tracer_provider
-        assert isinstance(telemetry.owned[1], MetricsPusher) and len(telemetry.owned) == 2
+        assert isinstance(telemetry.meter_provider, MeterProvider)
+        assert telemetry.owned == [telemetry.tracer_provider, telemetry.meter_provider]
         assert isinstance(span_exporter(telemetry.tracer_provider), kind)
         assert telemetry.tracer_provider.resource.attributes["service.name"] == "svc"
         # Never installed as the process-wide provider.
@@ -92,7 +90,6 @@ def test_service_name_from_the_environment_wins() -> None:
     assert telemetry.tracer_provider.resource.attributes["service.name"] == "env-svc"
     # OTEL_METRICS_EXPORTER=none: traces only.
     assert isinstance(telemetry.meter_provider, metrics.NoOpMeterProvider)
-    assert telemetry.fast_sink is None
     assert telemetry.owned == [telemetry.tracer_provider]
     telemetry.owned.clear()
 
