@@ -35,7 +35,7 @@ class TelemetryExtension:
     it registers nothing, so the request path pays nothing. ``tracer_provider`` /
     ``meter_provider`` inject providers (tests with in-memory exporters, hosts that manage
     their own); routegate never shuts those down, it only flushes them. ``span_processor``
-    (tests) receives the spans through an SDK TracerProvider routegate builds, as in production.
+    (tests) receives the spans through the SDK provider and light tracer routegate builds.
     """
 
     def __init__(self, config: TelemetrySettings, *,

@@ -78,8 +78,11 @@ class Telemetry:
     tracer_provider: trace.TracerProvider
     meter_provider: metrics.MeterProvider
     owned: list[object] = field(default_factory=list)  # SDK providers routegate created
+    light_tracer: trace.Tracer | None = None  # for the provider routegate built (light.py)
 
     def tracer(self) -> trace.Tracer:
+        if self.light_tracer is not None:
+            return self.light_tracer
         return self.tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__)
 
     def meter(self) -> metrics.Meter:
@@ -191,13 +194,19 @@ def _resource(config: TelemetrySettings, environ: Environ) -> Resource:
     return Resource.create({SERVICE_NAME: name, "service.version": __version__})
 
 
-def _tracer_provider(resource: Resource, processor: SpanProcessor) -> trace.TracerProvider:
-    """The SDK's provider (sampler from OTEL_TRACES_SAMPLER) feeding ``processor``."""
+def _tracer_provider(resource: Resource,
+                     processor: SpanProcessor) -> tuple[trace.TracerProvider, trace.Tracer]:
+    """The SDK's provider (sampler from OTEL_TRACES_SAMPLER) feeding ``processor``, and the
+    light tracer that feeds that processor directly (see light.py: measured ~10 % cheaper)."""
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from routegate.otel.light import LightTracer
 
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(processor)
-    return provider
+    scope = InstrumentationScope(INSTRUMENTATION_NAME, __version__)
+    return provider, LightTracer(provider, processor, scope)
 
 
 def setup_telemetry(config: TelemetrySettings, *,
@@ -207,16 +216,17 @@ def setup_telemetry(config: TelemetrySettings, *,
                     environ: Environ = os.environ.get) -> Telemetry | None:
     """Providers for the gateway's observer, or None when telemetry is off (see module doc).
 
-    ``span_processor`` (tests): spans go to it through an SDK TracerProvider routegate builds,
-    the path used in production when an OTLP endpoint is configured.
+    ``span_processor`` (tests): spans go to it through an SDK TracerProvider routegate builds
+    and its light tracer, the path used in production when an OTLP endpoint is configured.
     """
     if not config.enabled or _env_true(environ("OTEL_SDK_DISABLED")):
         return None
     owned: list[object] = []
+    light_tracer: trace.Tracer | None = None
     resource: Resource | None = None
     if span_processor is not None and tracer_provider is None:
         resource = _resource(config, environ)
-        tracer_provider = _tracer_provider(resource, span_processor)
+        tracer_provider, light_tracer = _tracer_provider(resource, span_processor)
     tracer_provider = tracer_provider or _host_tracer_provider()
     meter_provider = meter_provider or _host_meter_provider()
     if tracer_provider is None:
@@ -225,7 +235,7 @@ def setup_telemetry(config: TelemetrySettings, *,
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
             resource = resource or _resource(config, environ)
-            tracer_provider = _tracer_provider(resource, BatchSpanProcessor(
+            tracer_provider, light_tracer = _tracer_provider(resource, BatchSpanProcessor(
                 _span_exporter(config, environ, endpoint)))
             owned.append(tracer_provider)
     if meter_provider is None:
@@ -246,4 +256,4 @@ def setup_telemetry(config: TelemetrySettings, *,
              "off" if tracer_provider is None else type(tracer_provider).__name__,
              "off" if meter_provider is None else type(meter_provider).__name__)
     return Telemetry(tracer_provider or trace.NoOpTracerProvider(),
-                     meter_provider or metrics.NoOpMeterProvider(), owned)
+                     meter_provider or metrics.NoOpMeterProvider(), owned, light_tracer)

@@ -68,13 +68,14 @@ class Traced:
         return points
 
 
-PATHS = ["sdk", "own"]  # an injected SDK provider, or the SDK provider routegate builds
+PATHS = ["sdk", "own"]  # an injected SDK provider, or the provider routegate builds itself
 
 
 @contextmanager
 def traced_gateway(config: GatewayConfig, path: str = "sdk") -> Iterator[Traced]:
     """``path="sdk"``: an injected SDK TracerProvider (what a host's provider gets);
-    ``"own"``: the SDK TracerProvider routegate builds for itself, feeding a test processor."""
+    ``"own"``: the SDK TracerProvider and light tracer routegate builds for itself, feeding a
+    test processor."""
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
