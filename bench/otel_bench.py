@@ -8,11 +8,13 @@ run), and a third exports with traces sampled at 10%. Load alternates between th
 batches, so drift hits all alike; CPU is user + system time of each gateway process from
 /proc, exporter threads included (the event loop thread is also shown alone).
 
-"on" is the plain OpenTelemetry SDK (TracerProvider + BatchSpanProcessor + the OTLP exporter
-package, MeterProvider + PeriodicExportingMetricReader). Each ``--compare NAME=DIR`` adds an
-"on" gateway run from another source tree in the same run: DIR holds
-``routegate/{middleware,sidecar,otel}`` (e.g. links into an older commit's ``git archive``) and
-goes first on its PYTHONPATH, so a hand-written variant is measured side by side with the SDK.
+"on" is what routegate builds: the SDK's TracerProvider + BatchSpanProcessor + the OTLP
+exporter package (spans recorded by otel/light.py), and otel/aggregate.py's metric aggregation
+exported by the package's OTLP metric exporter. Each ``--compare NAME=DIR`` adds an "on"
+gateway run from another source tree in the same run: DIR holds
+``routegate/{middleware,sidecar,otel}`` (e.g. links into an older commit's ``git archive``, or
+a copy of otel/ with a hand-written part replaced by plain SDK code) and goes first on its
+PYTHONPATH, so variants are measured side by side.
 
     python -m bench.otel_bench [--requests 3000] [--concurrency 16] [--batch 250]
                                [--compare NAME=DIR ...]

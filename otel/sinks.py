@@ -1,10 +1,8 @@
-"""Where the observer's measurements go: a MeterProvider's instruments.
+"""Where the observer's measurements go: the :class:`MetricSink` protocol and :class:`SdkSink`.
 
-:class:`SdkSink` creates one instrument per entry of :data:`~routegate.otel.attributes.METRICS`
-(names, units and bucket boundaries the Grafana dashboard is tested against) on whichever
-MeterProvider telemetry resolved: the host's, an injected one, or the SDK provider routegate
-builds with a periodic OTLP reader. Aggregation and temporality are the SDK's (the OTLP
-exporter honours ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``).
+:class:`SdkSink` records through a MeterProvider's instruments; it serves a host's provider
+(and injected ones). For the pipeline routegate builds itself, measurements go to
+:class:`routegate.otel.aggregate.FastSink` instead (same names, units, label sets, buckets).
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from opentelemetry.util.types import AttributeValue
 
 from routegate.otel.attributes import METRICS
 
-__all__ = ["MetricSink", "SdkSink"]
+__all__ = ["Labels", "MetricSink", "Names", "SdkSink"]
 
 Labels = tuple[AttributeValue, ...]
 Names = tuple[str, ...]

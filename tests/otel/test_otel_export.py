@@ -135,12 +135,13 @@ def temporalities(received: Received) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(("preference", "expected"), [
-    ("delta", AGGREGATION_TEMPORALITY_DELTA), ("", AGGREGATION_TEMPORALITY_CUMULATIVE)])
+    ("delta", AGGREGATION_TEMPORALITY_DELTA), ("lowmemory", AGGREGATION_TEMPORALITY_DELTA),
+    ("", AGGREGATION_TEMPORALITY_CUMULATIVE)])
 def test_metric_temporality_preference_is_honoured(preference: str, expected: int,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    fake_openai: tuple[FakeProvider, str]) -> None:
-    """OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta: counters and histograms are
-    exported as deltas (unset: cumulative, the OTLP default)."""
+    """OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta (or lowmemory): counters and
+    histograms are exported as deltas (unset: cumulative, the OTLP default)."""
     _, fake_url = fake_openai
     with http_receiver() as (endpoint, received):
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from routegate.middleware import Gateway, parse_config
 from routegate.middleware.config import TelemetryConfig
 from routegate.otel import TelemetryExtension, setup_telemetry
+from routegate.otel.aggregate import MetricsPusher
 from routegate.otel.attributes import METRICS, prometheus_name
 from routegate.otel.setup import resolve_protocol
 
@@ -72,8 +73,9 @@ def test_own_providers_from_the_config_endpoint(protocol: str, kind: type) -> No
     assert telemetry is not None
     try:
         assert isinstance(telemetry.tracer_provider, TracerProvider)
-        assert isinstance(telemetry.meter_provider, MeterProvider)
-        assert telemetry.owned == [telemetry.tracer_provider, telemetry.meter_provider]
+        assert telemetry.fast_sink is not None and telemetry.sink() is telemetry.fast_sink
+        assert telemetry.owned[0] is telemetry.tracer_provider
+        assert isinstance(telemetry.owned[1], MetricsPusher) and len(telemetry.owned) == 2
         assert isinstance(span_exporter(telemetry.tracer_provider), kind)
         assert telemetry.tracer_provider.resource.attributes["service.name"] == "svc"
         # Never installed as the process-wide provider.
@@ -90,6 +92,7 @@ def test_service_name_from_the_environment_wins() -> None:
     assert telemetry.tracer_provider.resource.attributes["service.name"] == "env-svc"
     # OTEL_METRICS_EXPORTER=none: traces only.
     assert isinstance(telemetry.meter_provider, metrics.NoOpMeterProvider)
+    assert telemetry.fast_sink is None
     assert telemetry.owned == [telemetry.tracer_provider]
     telemetry.owned.clear()
 
