@@ -9,9 +9,9 @@ batches, so drift hits all alike; CPU is user + system time of each gateway proc
 /proc, exporter threads included (the event loop thread is also shown alone).
 
 "on" is what routegate builds: the SDK's TracerProvider + BatchSpanProcessor + the OTLP
-exporter package (spans recorded by otel/light.py), and otel/aggregate.py's metric aggregation
-exported by the package's OTLP metric exporter. Each ``--compare NAME=DIR`` adds an "on"
-gateway run from another source tree in the same run: DIR holds
+exporter package (spans recorded by otel/light.py, encoded by otel/encode.py), and
+otel/aggregate.py's metric aggregation exported by the package's OTLP metric exporter. Each
+``--compare NAME=DIR`` adds an "on" gateway run from another source tree in the same run: DIR holds
 ``routegate/{middleware,sidecar,otel}`` (e.g. links into an older commit's ``git archive``, or
 a copy of otel/ with a hand-written part replaced by plain SDK code) and goes first on its
 PYTHONPATH, so variants are measured side by side.
