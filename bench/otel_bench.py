@@ -8,7 +8,16 @@ run), and a third exports with traces sampled at 10%. Load alternates between th
 batches, so drift hits all alike; CPU is user + system time of each gateway process from
 /proc, exporter threads included (the event loop thread is also shown alone).
 
+"on" is what routegate builds: the SDK's TracerProvider + BatchSpanProcessor + the OTLP
+exporter package (spans recorded by otel/light.py, encoded by otel/encode.py), and
+otel/aggregate.py's metric aggregation exported by the package's OTLP metric exporter. Each
+``--compare NAME=DIR`` adds an "on" gateway run from another source tree in the same run: DIR holds
+``routegate/{middleware,sidecar,otel}`` (e.g. links into an older commit's ``git archive``, or
+a copy of otel/ with a hand-written part replaced by plain SDK code) and goes first on its
+PYTHONPATH, so variants are measured side by side.
+
     python -m bench.otel_bench [--requests 3000] [--concurrency 16] [--batch 250]
+                               [--compare NAME=DIR ...]
 
 Target: "on" costs at most 25% more CPU per request than "off".
 """
@@ -211,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ratio for a third gateway with sampled traces (0: skip it)")
     parser.add_argument("--on-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the 'on' gateways")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                        help="also run an 'on' gateway from the routegate tree under DIR")
     args = parser.parse_args(argv)
 
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -227,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                   "OTEL_METRIC_EXPORT_INTERVAL": "5000",
                   **dict(item.split("=", 1) for item in args.on_env)}
         variants = {"off": base_env, "on": on_env}
+        for item in args.compare:
+            name, directory = item.split("=", 1)
+            variants[f"on, {name}"] = {**on_env, "PYTHONPATH": os.pathsep.join(
+                p for p in (str(Path(directory).resolve()), on_env.get("PYTHONPATH")) if p)}
         if args.sampled > 0:
             variants[f"on, {args.sampled:g} sampled"] = {
                 **on_env, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",

@@ -4,10 +4,9 @@ Nothing here configures anything at import: :class:`TelemetryExtension` does it 
 gateway starts (``default_extensions`` adds it for ``[telemetry]``).
 """
 
-__version__ = "0.1.0"
-
 from routegate.otel.extension import TelemetryExtension
 from routegate.otel.observer import TelemetryObserver
 from routegate.otel.setup import Telemetry, setup_telemetry
+from routegate.otel.version import __version__
 
 __all__ = ["Telemetry", "TelemetryExtension", "TelemetryObserver", "__version__", "setup_telemetry"]

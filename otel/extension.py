@@ -4,33 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry import metrics, trace
 
-from routegate.middleware.config import TelemetryConfig
 from routegate.otel.observer import TelemetryObserver
-from routegate.otel.setup import Environ, Telemetry, setup_telemetry
+from routegate.otel.setup import Environ, Telemetry, TelemetrySettings, setup_telemetry
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
 
-    from routegate.middleware.gateway import Gateway
+__all__ = ["ObservedGateway", "TelemetryExtension"]
 
-__all__ = ["TelemetryExtension"]
+
+class _Observers(Protocol):
+    def add(self, observer: TelemetryObserver) -> None: ...
+
+
+class ObservedGateway(Protocol):
+    """What the extension needs of the gateway: its observer registry."""
+
+    @property
+    def observers(self) -> _Observers: ...
 
 
 class TelemetryExtension:
-    """A gateway :class:`~routegate.middleware.gateway.Extension`.
+    """A gateway extension (``start``/``stop``, see ``middleware.gateway.Extension``).
 
     ``start`` resolves the providers (see :mod:`routegate.otel.setup`); when telemetry is off
     it registers nothing, so the request path pays nothing. ``tracer_provider`` /
     ``meter_provider`` inject providers (tests with in-memory exporters, hosts that manage
     their own); routegate never shuts those down, it only flushes them. ``span_processor``
-    (tests) receives the spans through the light tracer routegate uses for its own providers.
+    (tests) receives the spans through the SDK provider and light tracer routegate builds.
     """
 
-    def __init__(self, config: TelemetryConfig, *,
+    def __init__(self, config: TelemetrySettings, *,
                  tracer_provider: trace.TracerProvider | None = None,
                  meter_provider: metrics.MeterProvider | None = None,
                  span_processor: SpanProcessor | None = None,
@@ -43,7 +51,7 @@ class TelemetryExtension:
         self.telemetry: Telemetry | None = None
         self.observer: TelemetryObserver | None = None
 
-    async def start(self, gateway: Gateway) -> None:
+    async def start(self, gateway: ObservedGateway) -> None:
         # Building gRPC channels and reading certificates is blocking work: keep it off the loop.
         self.telemetry = await asyncio.to_thread(
             setup_telemetry, self._config, tracer_provider=self._tracer_provider,

@@ -35,8 +35,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
+import routegate.otel.attributes as a
 from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
-from routegate.otel import attributes as a
 from routegate.otel.sinks import MetricSink
 
 __all__ = ["TelemetryObserver"]

@@ -68,19 +68,20 @@ class Traced:
         return points
 
 
-PATHS = ["sdk", "light"]  # through the SDK's Tracer, or routegate's light tracer
+PATHS = ["sdk", "own"]  # an injected SDK provider, or the provider routegate builds itself
 
 
 @contextmanager
 def traced_gateway(config: GatewayConfig, path: str = "sdk") -> Iterator[Traced]:
     """``path="sdk"``: an injected SDK TracerProvider (what a host's provider gets);
-    ``"light"``: the light tracer routegate uses for the providers it builds itself."""
+    ``"own"``: the SDK TracerProvider and light tracer routegate builds for itself, feeding a
+    test processor."""
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
-    if path == "light":
+    if path == "own":
         extension = TelemetryExtension(config.telemetry, meter_provider=meter_provider,
                                        span_processor=SimpleSpanProcessor(exporter))
     else:

@@ -1,4 +1,5 @@
-"""The fast OTLP span encoder writes exactly the bytes the exporter package's encoder does."""
+"""The fast OTLP span encoder writes exactly the bytes the exporter package's encoder does, and
+routegate's exporters deliver them."""
 
 from __future__ import annotations
 
@@ -24,10 +25,15 @@ from opentelemetry.trace import (
 )
 
 from bench.fakes import FakeProvider, Fault, serve_in_thread
-from routegate.otel.encode import FastHttpSpanExporter, SpanEncoder, encode_spans
+from routegate.otel.encode import (
+    FastGrpcSpanExporter,
+    FastHttpSpanExporter,
+    SpanEncoder,
+    encode_spans,
+)
 from tests.conftest import pool_config
 from tests.otel.otel_harness import traced_gateway
-from tests.otel.otlp_receivers import http_receiver
+from tests.otel.otlp_receivers import grpc_receiver, http_receiver
 
 
 def recorded(resource: Resource, limits: SpanLimits | None = None) -> tuple[
@@ -114,6 +120,15 @@ def test_fast_http_exporter_delivers(gateway_spans: list[ReadableSpan]) -> None:
     with http_receiver() as (endpoint, received):
         exporter = FastHttpSpanExporter(endpoint=endpoint + "/v1/traces")
         assert exporter.export(gateway_spans).name == "SUCCESS"
-        exporter.shutdown()  # type: ignore[no-untyped-call]
+        exporter.shutdown()
+    [request] = received.traces
+    assert request.SerializeToString() == official(gateway_spans).SerializeToString()
+
+
+def test_fast_grpc_exporter_delivers(gateway_spans: list[ReadableSpan]) -> None:
+    with grpc_receiver() as (endpoint, received):
+        exporter = FastGrpcSpanExporter(endpoint=endpoint, insecure=True)
+        assert exporter.export(gateway_spans).name == "SUCCESS"
+        exporter.shutdown()
     [request] = received.traces
     assert request.SerializeToString() == official(gateway_spans).SerializeToString()

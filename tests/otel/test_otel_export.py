@@ -8,6 +8,10 @@ from contextlib import AbstractContextManager
 
 import openai
 import pytest
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AGGREGATION_TEMPORALITY_CUMULATIVE,
+    AGGREGATION_TEMPORALITY_DELTA,
+)
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from bench.fakes import FakeProvider
@@ -114,3 +118,38 @@ def test_sampler_from_the_environment(monkeypatch: pytest.MonkeyPatch,
         assert int(upstream[3], 16) & 0x01 == 0
         assert not received.spans()
         assert a.METRIC_REQUESTS in received.metric_names()  # metrics do not sample
+
+
+def temporalities(received: Received) -> dict[str, int]:
+    """Metric name -> the aggregation temporality of its data as exported."""
+    out: dict[str, int] = {}
+    with received.lock:
+        for request in received.metrics:
+            for resource_metrics in request.resource_metrics:
+                for scope_metrics in resource_metrics.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        kind = metric.WhichOneof("data")
+                        if kind in ("sum", "histogram"):
+                            out[metric.name] = getattr(metric, kind).aggregation_temporality
+    return out
+
+
+@pytest.mark.parametrize(("preference", "expected"), [
+    ("delta", AGGREGATION_TEMPORALITY_DELTA), ("lowmemory", AGGREGATION_TEMPORALITY_DELTA),
+    ("", AGGREGATION_TEMPORALITY_CUMULATIVE)])
+def test_metric_temporality_preference_is_honoured(preference: str, expected: int,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   fake_openai: tuple[FakeProvider, str]) -> None:
+    """OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta (or lowmemory): counters and
+    histograms are exported as deltas (unset: cumulative, the OTLP default)."""
+    _, fake_url = fake_openai
+    with http_receiver() as (endpoint, received):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        if preference:
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", preference)
+        with running_gateway(pool_config({"f": fake_url})) as url:
+            ask_with_sdk(url)
+        found = temporalities(received)
+        assert {a.METRIC_REQUESTS, a.METRIC_COST, a.METRIC_REQUEST_DURATION,
+                a.METRIC_TOKEN_USAGE} <= set(found)
+        assert set(found.values()) == {expected}, found

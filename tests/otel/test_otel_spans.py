@@ -28,7 +28,7 @@ SECRET = os.environ["ROUTEGATE_TEST_PROVIDER_KEY"]
 
 @pytest.fixture(params=PATHS)
 def path(request: pytest.FixtureRequest) -> str:
-    """Every test runs through the SDK's tracer and through routegate's light tracer."""
+    """Every test runs through an injected SDK provider and through the one routegate builds."""
     value: str = request.param
     return value
 
