@@ -42,6 +42,8 @@ log = logging.getLogger("routegate")
 _ERROR_BODY_LIMIT = 64 * 1024
 _RESET_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# what the transport raises before an answer starts (ResponseTooLarge is a RemoteProtocolError)
+_TRANSPORT_ERRORS = (*_CONNECT_ERRORS, *_RESET_ERRORS, httpx.TimeoutException)
 
 
 class Relay:
@@ -254,12 +256,8 @@ class Relay:
                 response = await send_upstream(self._client, upstream)
         except TimeoutError:
             return UpstreamFailure("timeout", f"no answer within {limit:.3g}s")
-        except _CONNECT_ERRORS as exc:
-            return UpstreamFailure("connect", f"connect error ({type(exc).__name__})")
-        except ResponseTooLarge as exc:  # over the head or body cap: a malformed answer
-            return UpstreamFailure("malformed", f"malformed answer ({exc})"[:200])
-        except (*_RESET_ERRORS, httpx.TimeoutException) as exc:
-            return UpstreamFailure("reset", f"connection broken ({type(exc).__name__})")
+        except _TRANSPORT_ERRORS as exc:
+            return _transport_failure(exc, "answer")
         if response.status_code != 200:
             return pool_model.adapter.judge_error(response.status_code,
                                                   response.content[:_ERROR_BODY_LIMIT],
@@ -326,12 +324,8 @@ class Relay:
                         first += translator.feed(await anext(chunks))
         except TimeoutError:
             failure = UpstreamFailure("timeout", f"no first token within {first_token_limit:.3g}s")
-        except _CONNECT_ERRORS as exc:
-            failure = UpstreamFailure("connect", f"connect error ({type(exc).__name__})")
-        except ResponseTooLarge as exc:
-            failure = UpstreamFailure("malformed", f"malformed stream ({exc})"[:200])
-        except (*_RESET_ERRORS, httpx.TimeoutException) as exc:
-            failure = UpstreamFailure("reset", f"connection broken ({type(exc).__name__})")
+        except _TRANSPORT_ERRORS as exc:
+            failure = _transport_failure(exc, "stream")
         except StopAsyncIteration:
             failure = UpstreamFailure("malformed", "stream ended before its first event")
         except MalformedUpstream as exc:
@@ -417,3 +411,11 @@ def _sse_error(message: str) -> bytes:
         {"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted"}})
     return b"data: " + payload + b"\n\n"
 
+
+def _transport_failure(exc: Exception, what: str) -> UpstreamFailure:
+    """A transport error before the answer started, as the failure the relay decides on."""
+    if isinstance(exc, _CONNECT_ERRORS):
+        return UpstreamFailure("connect", f"connect error ({type(exc).__name__})")
+    if isinstance(exc, ResponseTooLarge):  # over the head or body cap: a malformed answer
+        return UpstreamFailure("malformed", f"malformed {what} ({exc})"[:200])
+    return UpstreamFailure("reset", f"connection broken ({type(exc).__name__})")
