@@ -21,7 +21,7 @@ with them the default full run takes about 5.5 minutes.
     python -m bench.gateway_bench [--seconds 3] [--rounds 5] [--pairs 15] [--pair-seconds 1]
                                   [--transports fast,aiohttp,httpx,pyreqwest]
 
-Transports (bench/gateway_server.py): ``fast`` (routegate's own, middleware/transport.py, the
+Transports (bench/gateway_server.py): ``fast`` (routegate's own, middleware/upstream/transport.py, the
 only one the gateway ships; ``fast@REV`` runs the gateway's code at git revision REV, for a
 before/after in one run), ``aiohttp`` (httpx-aiohttp), ``httpx`` (httpx's default,
 httpcore), ``pyreqwest`` (Rust reqwest/hyper behind its httpx transport). The results and

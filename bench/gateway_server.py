@@ -4,7 +4,7 @@ The gateway ships one upstream transport (routegate's own, ``fast``); the bench 
 with the alternatives it was chosen over, under the same server setup as ``routegate serve``
 (uvloop, the coalescing httptools protocol, the same GC settings):
 
-- ``fast``: routegate's FastTransport (middleware/transport.py), what ``routegate serve`` uses
+- ``fast``: routegate's FastTransport (middleware/upstream/transport.py), what ``routegate serve`` uses
 - ``httpx``: httpx's default transport (httpcore)
 - ``aiohttp``: httpx-aiohttp's AiohttpTransport
 - ``pyreqwest``: pyreqwest's httpx transport (Rust: reqwest, hyper, rustls; tokio runtime)
@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from routegate.middleware.app import create_app
     from routegate.middleware.config import load_config
     from routegate.middleware.extensions import default_extensions
-    from routegate.middleware.gateway import Gateway
-    from routegate.middleware.http_protocol import CoalescingHttpToolsProtocol
+    from routegate.middleware.request.gateway import Gateway
+    from routegate.middleware.standalone.app import create_app
+    from routegate.middleware.standalone.http_protocol import CoalescingHttpToolsProtocol
 
     config = load_config(args.config)
     logging.basicConfig(level=logging.WARNING)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     transport = build_transport(args.transport)
     if transport is not None:  # the health app reads app.gateway: swapped before start
         app.gateway = Gateway(config, extensions=default_extensions(config), transport=transport)
-    gc.freeze()  # as routegate serve does (middleware/cli.py)
+    gc.freeze()  # as routegate serve does (middleware/standalone/cli.py)
     gc.set_threshold(20_000, 20, 20)
     uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop",
                 http=CoalescingHttpToolsProtocol, lifespan="on", log_level="warning",

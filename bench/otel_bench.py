@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             port = _free_port()
             url = f"http://127.0.0.1:{port}"
             pid = stack.enter_context(_process(
-                [py, "-m", "routegate.middleware.cli", "serve", "--config", config,
+                [py, "-m", "routegate.middleware.standalone.cli", "serve", "--config", config,
                  "--port", str(port)], env, url + "/healthz"))
             gateways[name] = (url + "/v1/chat/completions", pid)
         started = time.perf_counter()

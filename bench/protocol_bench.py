@@ -20,7 +20,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from routegate.middleware.config import ServerConfig
-from routegate.middleware.http_protocol import CoalescingHttpToolsProtocol, protocol_class
+from routegate.middleware.standalone.http_protocol import CoalescingHttpToolsProtocol, protocol_class
 
 REQUEST = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
            b"content-type: application/json\r\ncontent-length: 64\r\n\r\n" + b"x" * 64)

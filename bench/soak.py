@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         config = Path(tempfile.mkdtemp()) / "soak.toml"
         config.write_text(_config(primary_url, backup_url))
         port = _free_port()
-        gateway = subprocess.Popen([sys.executable, "-m", "routegate.middleware.cli", "serve",
+        gateway = subprocess.Popen([sys.executable, "-m", "routegate.middleware.standalone.cli", "serve",
                                     "--config", str(config), "--port", str(port)])
         stack.callback(gateway.wait, 10)
         stack.callback(gateway.terminate)

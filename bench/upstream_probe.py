@@ -24,8 +24,8 @@ import httpx
 from bench.fakes.forward_proxy import serve_forward_proxy
 from bench.fakes.origin import Certificates, make_certificates, origin
 from bench.gateway_server import build_transport
-from routegate.middleware.transport import FastTransport, send_upstream
-from routegate.middleware.upstream import OriginOptions
+from routegate.middleware.upstream.origins import OriginOptions
+from routegate.middleware.upstream.transport import FastTransport, send_upstream
 
 Check = Callable[[str, Certificates], Awaitable[str]]
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",

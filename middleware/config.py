@@ -38,7 +38,7 @@ from routegate.middleware.config_schema import (
     Timeouts,
     UsageConfig,
 )
-from routegate.middleware.upstream import shared_origin_conflict, upstream_problem
+from routegate.middleware.upstream.origins import shared_origin_conflict, upstream_problem
 
 __all__ = [
     "DEFAULT_CATEGORIES",

@@ -75,7 +75,7 @@ class ProviderConfig(_Section, frozen=True):
     headers: dict[str, str] = {}  # static, non-secret extra headers (e.g. anthropic-version)
     timeouts: Timeouts = Timeouts()
     default_max_tokens: int = 4096  # anthropic: max_tokens is required; used when none is set
-    # Upstream HTTP (middleware/upstream.py). proxy: "" follows HTTP(S)_PROXY / NO_PROXY,
+    # Upstream HTTP (middleware/upstream/origins.py). proxy: "" follows HTTP(S)_PROXY / NO_PROXY,
     # "direct" ignores them, a URL (credentials allowed) overrides them for this provider.
     proxy: str = ""
     ca_bundle: str = ""  # PEM file trusted instead of the system store + certifi
@@ -148,10 +148,10 @@ class ServerConfig(_Section, frozen=True):
     request_timeout_s: float = 120.0  # one deadline for every attempt before the first byte
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Upstream HTTP stack behind the httpx API: routegate's FastTransport
-    # (middleware/transport.py), chosen by bench/gateway_bench.py against httpx's default,
+    # (middleware/upstream/transport.py), chosen by bench/gateway_bench.py against httpx's default,
     # httpx-aiohttp and pyreqwest (bench/README.md). The others are bench-only.
     upstream_transport: Literal["fast"] = "fast"
-    # Slow and oversized clients (``routegate serve`` only; see middleware/http_protocol.py)
+    # Slow and oversized clients (``routegate serve`` only; see middleware/standalone/http_protocol.py)
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 64 * 1024
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0  # connect -> head
     body_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0  # head -> whole body

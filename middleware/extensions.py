@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from routegate.middleware.config import GatewayConfig
-from routegate.middleware.gateway import Extension
+from routegate.middleware.request.gateway import GatewayExtension
 
 __all__ = ["default_extensions"]
 
 
-def default_extensions(config: GatewayConfig) -> list[Extension]:
-    extensions: list[Extension] = []
+def default_extensions(config: GatewayConfig) -> list[GatewayExtension]:
+    extensions: list[GatewayExtension] = []
     if config.classifier.mode == "sidecar":  # first: the classifier the others will use
         from routegate.sidecar.extension import SidecarExtension
-        extensions.append(SidecarExtension(config.classifier))
+        from routegate.sidecar.routes import route_specs
+        extensions.append(SidecarExtension(
+            config.classifier, categories=config.categories,
+            routes=route_specs(config.routes, config.categories)))
     from routegate.otel import TelemetryExtension  # off (no observer) unless an endpoint is set
     extensions.append(TelemetryExtension(config.telemetry))
-    from routegate.middleware.ingress_anthropic import AnthropicIngress  # POST {prefix}/messages
+    from routegate.middleware.request.ingress_anthropic import AnthropicIngress  # {prefix}/messages
     extensions.append(AnthropicIngress())
-    from routegate.middleware.adaptive import AdaptiveExtension  # health, budgets, feedback, /admin
+    # health, budgets, feedback, /admin
+    from routegate.middleware.operations.adaptive import AdaptiveExtension
     extensions.append(AdaptiveExtension())
     return extensions

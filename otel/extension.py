@@ -29,7 +29,7 @@ class ObservedGateway(Protocol):
 
 
 class TelemetryExtension:
-    """A gateway extension (``start``/``stop``, see ``middleware.gateway.Extension``).
+    """A gateway extension (``start``/``stop``, see ``routegate.middleware.contracts.Extension``).
 
     ``start`` resolves the providers (see :mod:`routegate.otel.setup`); when telemetry is off
     it registers nothing, so the request path pays nothing. ``tracer_provider`` /

@@ -36,7 +36,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 import routegate.otel.attributes as a
-from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
+from routegate.middleware.contracts import AttemptInfo, RequestContext, RequestOutcome
 from routegate.otel.sinks import MetricSink
 
 __all__ = ["TelemetryObserver"]
@@ -65,7 +65,7 @@ class _RequestSpans:
 
 
 class TelemetryObserver:
-    """An :class:`~routegate.middleware.observe.Observer` that emits GenAI spans and metrics."""
+    """An :class:`~routegate.middleware.request.observers.Observer` that emits GenAI spans and metrics."""
 
     def __init__(self, tracer: trace.Tracer, sink: MetricSink, *,
                  capture_content: bool = False) -> None:

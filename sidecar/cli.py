@@ -1,6 +1,8 @@
 """``routegate classify`` and ``routegate sidecar``: subcommands for the gateway's CLI.
 
-``register(subparsers)`` adds both; each sets ``func(args) -> int``.
+``register(subparsers, load_settings)`` adds both; each sets ``func(args) -> int``. The
+gateway's CLI passes ``load_settings``, which reads ``--config`` (a gateway.toml) into
+:class:`ClassifySettings`; without it, ``--config`` is refused.
 
 * ``routegate classify "text"`` prints the answer (``--json`` for all of it);
   ``routegate classify --eval FILE.jsonl`` classifies every line's ``prompt`` one at a time
@@ -20,19 +22,36 @@ import asyncio
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from routegate.middleware.contracts import Classification
 from routegate.sidecar.client import DEFAULT_CATEGORIES, SidecarClassifier
 from routegate.sidecar.evaluation import evaluate, metrics, print_report, read_rows
-from routegate.sidecar.protocol import Classification, RouteSpec
+from routegate.sidecar.protocol import RouteSpec
 from routegate.sidecar.routes import route_specs
 from routegate.sidecar.supervisor import SidecarSupervisor, ping
 
-__all__ = ["evaluate", "main", "metrics", "read_rows", "register", "run_classify", "run_sidecar"]
+__all__ = ["ClassifySettings", "evaluate", "main", "metrics", "read_rows", "register", "run_classify",
+           "run_sidecar"]
 
 
-def register(subparsers: Any) -> None:
+class ClassifySettings(NamedTuple):
+    """What ``routegate classify`` takes from a gateway config."""
+
+    categories: tuple[str, ...]
+    routes: tuple[RouteSpec, ...]
+    budget_ms: float
+    default_category: str
+    escalate_below: float
+
+
+SettingsLoader = Callable[[str], ClassifySettings]
+DEFAULT_SETTINGS = ClassifySettings(DEFAULT_CATEGORIES, (), 50.0, "chat", 0.5)  # the config's
+
+
+def register(subparsers: Any, load_settings: SettingsLoader | None = None) -> None:
     """Add the ``classify`` and ``sidecar`` subcommands to an argparse subparsers object."""
     classify = subparsers.add_parser("classify", help="classify a request (or --eval a file)")
     classify.add_argument("text", nargs="?", default=None, help="the request text ('-': stdin)")
@@ -48,7 +67,7 @@ def register(subparsers: Any) -> None:
     classify.add_argument("--weights", default="default", choices=("default", "ncfree"),
                           help="shipped weights: all dev sources, or without NC-licensed ones")
     classify.add_argument("--limit", type=int, default=0, help="evaluate the first N lines")
-    classify.set_defaults(func=run_classify)
+    classify.set_defaults(func=run_classify, load_settings=load_settings)
 
     sidecar = subparsers.add_parser("sidecar", help="run the classifier sidecar in the foreground")
     from routegate.sidecar.server import build_parser
@@ -69,32 +88,25 @@ def run_sidecar(args: argparse.Namespace) -> int:
 # --- classify ---------------------------------------------------------------------------
 
 
-def _settings(
-    args: argparse.Namespace,
-) -> tuple[tuple[str, ...], tuple[RouteSpec, ...], float, str, float]:
+def _settings(args: argparse.Namespace) -> ClassifySettings:
     """Categories, routes, budget, default category and the escalation threshold from
-    --config (or the defaults)."""
+    --config (or the defaults); --budget-ms wins over both."""
     if args.config:
-        from routegate.middleware.config import load_config
-
-        config = load_config(args.config)
-        categories = tuple(config.categories)
-        routes = route_specs(config.routes, categories) if config.routes else route_specs(
-            categories=categories)
-        budget = config.classifier.budget_ms
-        default = config.classifier.default_category
-        escalate = config.classifier.escalate_below
+        settings: ClassifySettings = args.load_settings(args.config)
     else:
-        categories, routes, budget, default = DEFAULT_CATEGORIES, route_specs(), 50.0, "chat"
-        escalate = 0.5  # the config's default
+        settings = DEFAULT_SETTINGS._replace(routes=route_specs())
     if args.budget_ms is not None:
-        budget = args.budget_ms
-    return categories, routes, budget, default, escalate
+        settings = settings._replace(budget_ms=args.budget_ms)
+    return settings
 
 
 def run_classify(args: argparse.Namespace) -> int:
     if args.eval_file is None and args.text is None:
         print("routegate classify: give a text or --eval FILE.jsonl", file=sys.stderr)
+        return 2
+    if args.config and args.load_settings is None:
+        print("routegate classify: --config needs the gateway's CLI (`routegate classify`)",
+              file=sys.stderr)
         return 2
     return asyncio.run(_classify_main(args))
 

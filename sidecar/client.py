@@ -33,17 +33,15 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from routegate.middleware.contracts import Classification, Classifier, Method
 from routegate.sidecar.heuristic import HeuristicClassifier, complexity_of
 from routegate.sidecar.lexical import LexicalModel, weight_files
 from routegate.sidecar.protocol import (
-    Classification,
-    Classifier,
     ClassifyRequest,
     ClassifyResult,
     Configure,
     Configured,
     FrameError,
-    Method,
     Ping,
     Pong,
     Reply,

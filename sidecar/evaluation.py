@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from routegate.sidecar.protocol import Classification
+from routegate.middleware.contracts import Classification
 
 __all__ = ["calibration", "evaluate", "metrics", "print_report", "read_rows"]
 

@@ -10,29 +10,66 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
-from routegate.middleware.config import ClassifierConfig
+from routegate.middleware.contracts import ExtensionHost
 from routegate.sidecar.client import SidecarClassifier
 from routegate.sidecar.heuristic import HeuristicClassifier
-from routegate.sidecar.routes import route_specs
+from routegate.sidecar.protocol import RouteSpec
 from routegate.sidecar.supervisor import SidecarSupervisor
 
-if TYPE_CHECKING:
-    from routegate.middleware.gateway import Gateway
+__all__ = ["ClassifierSettings", "SidecarExtension"]
 
-__all__ = ["SidecarExtension"]
+
+class ClassifierSettings(Protocol):
+    """The ``[classifier]`` section (``middleware.config.ClassifierConfig`` has this shape)."""
+
+    @property
+    def budget_ms(self) -> float: ...
+    @property
+    def default_category(self) -> str: ...
+    @property
+    def socket_path(self) -> str: ...
+    @property
+    def spawn(self) -> bool: ...
+    @property
+    def model_path(self) -> str: ...
+    @property
+    def weights(self) -> Literal["default", "ncfree"]: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def context_size(self) -> int: ...
+    @property
+    def gpu_layers(self) -> int: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def cache_size(self) -> int: ...
+    @property
+    def max_in_flight(self) -> int: ...
+    @property
+    def startup_wait_s(self) -> float: ...
+    @property
+    def startup_timeout_s(self) -> float: ...
 
 
 class SidecarExtension:
-    def __init__(self, config: ClassifierConfig) -> None:
+    """``categories`` and ``routes`` (the specs the sidecar learns) come from the gateway's
+    config; the gateway's wiring (``middleware/extensions.py``) passes them."""
+
+    def __init__(self, config: ClassifierSettings, *, categories: Sequence[str],
+                 routes: tuple[RouteSpec, ...]) -> None:
         self._config = config
+        self._categories = tuple(categories)
+        self._routes = routes
         self._tempdir: str | None = None
         self.supervisor: SidecarSupervisor | None = None
         self.client: SidecarClassifier | None = None
 
-    async def start(self, gateway: Gateway) -> None:
+    async def start(self, gateway: ExtensionHost) -> None:
         config = self._config
         socket_path = config.socket_path
         if not socket_path:
@@ -43,12 +80,12 @@ class SidecarExtension:
             threads=config.threads, context=config.context_size, gpu_layers=config.gpu_layers,
             max_tokens=config.max_tokens, startup_timeout_s=config.startup_timeout_s)
         await self.supervisor.start(wait=False)
-        categories = gateway.config.categories
+        categories = self._categories
         self.client = SidecarClassifier(
             socket_path, budget_ms=config.budget_ms, categories=categories,
             default_category=config.default_category,
             fallback=HeuristicClassifier(categories, config.default_category, method="fallback"),
-            routes=route_specs(gateway.config.routes, categories), weights=config.weights,
+            routes=self._routes, weights=config.weights,
             cache_size=config.cache_size, max_in_flight=config.max_in_flight)
         await self.client.start()
         await self.client.wait_ready(config.startup_wait_s)

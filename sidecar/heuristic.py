@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 
-from routegate.sidecar.protocol import Classification, Complexity, Method
+from routegate.middleware.contracts import Classification, Complexity, Method
 
 __all__ = ["HeuristicClassifier", "complexity_of", "heuristic_scores"]
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Literal, Protocol
 
 import msgspec
+
+from routegate.middleware.contracts import Classification, Classifier, Complexity, Method
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -40,26 +41,6 @@ __all__ = [
     "encode_frame",
     "read_frame",
 ]
-
-Complexity = Literal["simple", "complex"]
-# Which stage decided: a cached answer, the fast lexical stage, the model, or the fallback
-# used when the sidecar is down, overloaded or the budget ran out.
-Method = Literal["cache", "lexical", "model", "fallback"]
-
-
-class Classification(msgspec.Struct, frozen=True, kw_only=True):
-    category: str
-    complexity: Complexity
-    confidence: float
-    method: Method
-    latency_ms: float
-
-
-class Classifier(Protocol):
-    """Anything the router can ask. Must answer within its budget, never raise."""
-
-    async def classify(self, text: str) -> Classification: ...
-
 
 # --- wire messages -------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Child processes that must stay up: spawn, wait until ready, watch, restart, stop.
 
 :class:`ChildSupervisor` is the one policy for routegate's llama.cpp children (the classifier
-sidecar here, the local chat model server in ``middleware/local.py``):
+sidecar here, the local chat model server in ``middleware/providers/local_model.py``):
 
 - spawn the command (``python -m ...``) and poll its readiness probe every 0.1 s; a child
   that exits first, or is not ready within ``startup_timeout_s``, counts as a crash (a hung

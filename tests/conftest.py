@@ -13,7 +13,7 @@ import pytest
 
 from bench.fakes import FakeProvider, serve_in_thread
 from routegate.middleware import GatewayConfig, create_app, parse_config
-from routegate.middleware.http_protocol import protocol_class
+from routegate.middleware.standalone.http_protocol import protocol_class
 
 # Fake providers demand a key like the real ones; the gateway reads it from this variable.
 os.environ.setdefault("ROUTEGATE_TEST_PROVIDER_KEY", "sk-test-provider-secret")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ("middleware", "sidecar", "otel")
-USED_BY_NAME = {"uvloop": "middleware/cli.py runs uvicorn with loop='uvloop'"}
+USED_BY_NAME = {"uvloop": "middleware/standalone/cli.py runs uvicorn with loop='uvloop'"}
 
 
 def _declared() -> set[str]:

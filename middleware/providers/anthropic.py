@@ -12,15 +12,10 @@ import httpx
 import msgspec
 
 from routegate.middleware.config import ModelConfig, ProviderConfig
-from routegate.middleware.errors import error_body
-from routegate.middleware.providers.base import (
-    Answer,
-    ClientRequest,
-    MalformedUpstream,
-    UpstreamFailure,
-    retry_after_seconds,
-)
+from routegate.middleware.contracts import UpstreamFailure, Usage
+from routegate.middleware.providers.base import Answer, ClientRequest, MalformedUpstream, retry_after_seconds
 from routegate.middleware.providers.translated import TranslatedStream
+from routegate.middleware.request.errors import error_body
 from routegate.middleware.wire.anthropic import (
     FINISH_REASONS,
     AnthropicError,
@@ -29,7 +24,6 @@ from routegate.middleware.wire.anthropic import (
     openai_usage,
     to_anthropic_request,
 )
-from routegate.middleware.wire.openai import Usage
 from routegate.middleware.wire.openai_messages import DONE, completion_body
 
 __all__ = ["DEFAULT_ANTHROPIC_VERSION", "AnthropicAdapter", "AnthropicStreamTranslator",

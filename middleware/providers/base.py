@@ -9,13 +9,14 @@ Provider quirks stay behind this Protocol; the relay loop never branches on prov
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import httpx
 import msgspec
 
 from routegate.middleware.config import ModelConfig
-from routegate.middleware.wire.openai import ChatRequest, Usage
+from routegate.middleware.contracts import FailureKind, UpstreamFailure, Usage
+from routegate.middleware.wire.openai import ChatRequest
 
 __all__ = [
     "Answer",
@@ -26,15 +27,6 @@ __all__ = [
     "StreamTranslator",
     "UpstreamFailure",
 ]
-
-FailureKind = Literal[
-    "connect",  # could not connect / connection refused / DNS
-    "timeout",  # connect or first-token deadline passed
-    "status",  # an HTTP error status
-    "malformed",  # 200 with a body that is not a valid answer
-    "reset",  # connection broken before the first event
-]
-
 
 class MalformedUpstream(Exception):
     """The provider answered 200 with something that is not a valid answer."""
@@ -51,20 +43,6 @@ class ClientRequest:
     @property
     def stream(self) -> bool:
         return self.chat.stream
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamFailure:
-    """Why one attempt failed, and what that means for the plan."""
-
-    kind: FailureKind
-    detail: str  # short, secret-free: shown to clients in the all-failed error
-    status: int | None = None
-    retry_after_s: float | None = None
-    context_exceeded: bool = False  # try only candidates with a larger context window
-    client_fault: bool = False  # the request itself is bad: return it, never retry
-    client_body: bytes | None = None  # OpenAI-format error body to return when client_fault
-    code: str | None = None
 
 
 @dataclass(slots=True)

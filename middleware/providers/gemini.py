@@ -17,15 +17,10 @@ import httpx
 import msgspec
 
 from routegate.middleware.config import ModelConfig, ProviderConfig
-from routegate.middleware.errors import error_body
-from routegate.middleware.providers.base import (
-    Answer,
-    ClientRequest,
-    MalformedUpstream,
-    UpstreamFailure,
-    retry_after_seconds,
-)
+from routegate.middleware.contracts import UpstreamFailure
+from routegate.middleware.providers.base import Answer, ClientRequest, MalformedUpstream, retry_after_seconds
 from routegate.middleware.providers.translated import TranslatedStream
+from routegate.middleware.request.errors import error_body
 from routegate.middleware.wire.gemini import (
     FINISH_REASONS,
     Candidate,

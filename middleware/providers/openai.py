@@ -17,14 +17,9 @@ import httpx
 import msgspec
 
 from routegate.middleware.config import ModelConfig, ProviderConfig
-from routegate.middleware.providers.base import (
-    Answer,
-    ClientRequest,
-    MalformedUpstream,
-    UpstreamFailure,
-    retry_after_seconds,
-)
-from routegate.middleware.wire.openai import ChatCompletion, StreamChunk, UpstreamError, Usage
+from routegate.middleware.contracts import UpstreamFailure, Usage
+from routegate.middleware.providers.base import Answer, ClientRequest, MalformedUpstream, retry_after_seconds
+from routegate.middleware.wire.openai import ChatCompletion, StreamChunk, UpstreamError
 from routegate.middleware.wire.sse import SSEFramer, event_data, split_events
 
 __all__ = ["OpenAIAdapter", "OpenAIStreamTranslator", "judge_openai_error"]

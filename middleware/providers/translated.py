@@ -7,8 +7,8 @@ from typing import TypeVar
 
 import msgspec
 
+from routegate.middleware.contracts import Usage
 from routegate.middleware.providers.base import MalformedUpstream
-from routegate.middleware.wire.openai import Usage
 from routegate.middleware.wire.openai_messages import ChunkWriter
 from routegate.middleware.wire.sse import SSEFramer, event_data, split_events
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from routegate.middleware.wire.openai import Usage
+from routegate.middleware.contracts import Usage
 from routegate.middleware.wire.openai_messages import parse_arguments, text_content
 
 __all__ = ["STOP_REASONS", "from_anthropic_request", "to_anthropic_message"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from routegate.middleware.wire.openai import Usage
+from routegate.middleware.contracts import Usage
 from routegate.middleware.wire.openai_messages import (
     content_parts,
     data_url,

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from routegate.middleware.contracts import Usage
+
 __all__ = [
     "MAX_N",
     "ChatCompletion",
@@ -51,12 +53,6 @@ class ChatRequest(msgspec.Struct):
     max_tokens: _OutputTokens | None = None
     max_completion_tokens: _OutputTokens | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=MAX_N)] | None = None
-
-
-class Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
 
 
 class ChatCompletion(msgspec.Struct):

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from routegate.middleware.wire.openai import Usage
+from routegate.middleware.contracts import Usage
 
 __all__ = [
     "DONE",

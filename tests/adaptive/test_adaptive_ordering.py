@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from routegate.middleware.config import GatewayConfig, SloConfig, parse_config
-from routegate.middleware.health import Controls, HealthRegistry, LiveView, Sample
-from routegate.middleware.routing import ModelSignal, Override, plan_route
-from routegate.sidecar.protocol import Classification
+from routegate.middleware.contracts import Classification
+from routegate.middleware.operations.model_health import Controls, HealthRegistry, LiveView, Sample
+from routegate.middleware.request.routing import ModelSignal, Override, plan_route
 from tests.adaptive.adaptive_helpers import Clock
 
 MODELS: dict[str, Any] = {

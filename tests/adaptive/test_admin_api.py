@@ -171,7 +171,7 @@ def test_feedback_feeds_the_quality_window_that_moves_the_category(tmp_path: Pat
 
 def test_reload_picks_up_client_keys(served: tuple[FakeProvider, str, Path]) -> None:
     _, url, path = served
-    from routegate.middleware.budgets import hash_key
+    from routegate.middleware.operations.budgets import hash_key
 
     assert chat(url).status_code == 200  # open: no client keys yet
     path.write_text(path.read_text() + f'\n[clients.team]\nkey_sha256 = "{hash_key("sk-team")}"\n')
@@ -209,7 +209,7 @@ def test_without_routes_capabilities_still_count_and_explain_names_the_threshold
 
 
 def _with_client(path: Path) -> str:
-    from routegate.middleware.budgets import hash_key
+    from routegate.middleware.operations.budgets import hash_key
 
     text = path.read_text() + f'\n[clients.team]\nkey_sha256 = "{hash_key("sk-team")}"\n'
     path.write_text(text)
@@ -240,7 +240,7 @@ def test_a_reload_that_would_open_the_gateway_is_refused(
     assert chat(url).status_code == 200  # opened, on purpose
     reloads = [r.getMessage() for r in caplog.records if "config reloaded" in r.getMessage()]
     assert reloads and "clients -team" in reloads[-1]
-    from routegate.middleware.budgets import hash_key
+    from routegate.middleware.operations.budgets import hash_key
 
     assert hash_key("sk-team") not in caplog.text and "sk-team" not in caplog.text
 

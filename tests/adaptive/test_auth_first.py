@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from bench.fakes import FakeProvider, serve_in_thread
-from routegate.middleware.budgets import hash_key
+from routegate.middleware.operations.budgets import hash_key
 from tests.adaptive.adaptive_helpers import ADMIN, HELLO, TOKEN, chat
 from tests.conftest import pool_config, running_gateway
 

@@ -10,11 +10,11 @@ from starlette.applications import Starlette
 
 from bench.fakes import FakeProvider, Fault, serve_in_thread
 from routegate.middleware import RouterMiddleware
-from routegate.middleware.adaptive import AdaptiveExtension
-from routegate.middleware.breaker import Breaker
 from routegate.middleware.config import BreakerConfig
-from routegate.middleware.gateway import Gateway
-from routegate.middleware.windows import Window
+from routegate.middleware.operations.adaptive import AdaptiveExtension
+from routegate.middleware.operations.breaker import Breaker
+from routegate.middleware.operations.sliding_windows import Window
+from routegate.middleware.request.gateway import Gateway
 from tests.adaptive.adaptive_helpers import Clock, chat
 from tests.conftest import pool_config
 

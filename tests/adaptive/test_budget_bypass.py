@@ -16,8 +16,8 @@ import openai
 import pytest
 
 from bench.fakes import FakeProvider, Fault, serve_in_thread
-from routegate.middleware.budgets import ClientLimiter, hash_key, reservation_usd
 from routegate.middleware.config import parse_config
+from routegate.middleware.operations.budgets import ClientLimiter, hash_key, reservation_usd
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.wire.openai import ChatRequest
 from tests.adaptive.adaptive_helpers import ADMIN, HELLO, admin, chat, eventually

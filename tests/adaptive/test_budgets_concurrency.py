@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from bench.fakes import FakeProvider, Fault, serve_in_thread
-from routegate.middleware.budgets import hash_key
+from routegate.middleware.operations.budgets import hash_key
 from tests.adaptive.adaptive_helpers import ADMIN, HELLO, admin, chat
 from tests.conftest import pool_config, running_gateway
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from routegate.middleware.config import parse_config
-from routegate.middleware.feedback import FeedbackStore
-from routegate.middleware.health import HealthRegistry
-from routegate.middleware.observe import RequestContext, RequestOutcome
+from routegate.middleware.contracts import RequestContext, RequestOutcome
+from routegate.middleware.operations.feedback import FeedbackStore
+from routegate.middleware.operations.model_health import HealthRegistry
 
 CONFIG = parse_config({"providers": {"p": {"type": "openai", "base_url": "http://x/v1"}},
                        "models": {"m": {"provider": "p"}, "n": {"provider": "p"}}})

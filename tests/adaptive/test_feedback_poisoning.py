@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from bench.fakes import FakeProvider, serve_in_thread
-from routegate.middleware.budgets import hash_key
 from routegate.middleware.config import parse_config
-from routegate.middleware.feedback import FeedbackStore
-from routegate.middleware.health import HealthRegistry
-from routegate.middleware.observe import RequestContext, RequestOutcome
+from routegate.middleware.contracts import RequestContext, RequestOutcome
+from routegate.middleware.operations.budgets import hash_key
+from routegate.middleware.operations.feedback import FeedbackStore
+from routegate.middleware.operations.model_health import HealthRegistry
 from tests.adaptive.adaptive_helpers import ADMIN, TOKEN, admin, chat
 from tests.conftest import pool_config, running_gateway
 

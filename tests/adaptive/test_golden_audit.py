@@ -10,8 +10,8 @@ import pytest
 
 from bench.fakes import FakeProvider, serve_in_thread
 from routegate.middleware import create_app
-from routegate.middleware.audit import GoldenItem, check_answer
-from routegate.middleware.cli import main
+from routegate.middleware.operations.audit import GoldenItem, check_answer
+from routegate.middleware.standalone.cli import main
 from tests.adaptive.adaptive_helpers import admin
 from tests.adaptive.test_admin_api import toml_for
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from routegate.middleware.config import BreakerConfig, parse_config
-from routegate.middleware.health import Breaker, HealthRegistry, Sample, Window
+from routegate.middleware.operations.model_health import Breaker, HealthRegistry, Sample, Window
 from tests.adaptive.adaptive_helpers import Clock
 
 

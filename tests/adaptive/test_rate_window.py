@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from routegate.middleware.budgets import ClientLimiter, RateLimited, hash_key
 from routegate.middleware.config import parse_config
+from routegate.middleware.operations.budgets import ClientLimiter, RateLimited, hash_key
 
 
 class Clock:

@@ -21,7 +21,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.server import ServerState
 
 from bench.fakes import FakeProvider
-from routegate.middleware.http_protocol import GuardedHttpToolsProtocol
+from routegate.middleware.standalone.http_protocol import GuardedHttpToolsProtocol
 from tests.conftest import pool_config, running_gateway
 
 LIMITS = {"max_header_bytes": 8192, "header_timeout_s": 0.5, "body_timeout_s": 0.5,

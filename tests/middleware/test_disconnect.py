@@ -12,8 +12,8 @@ import pytest
 
 from bench.fakes import FakeProvider, Fault, serve_in_thread
 from routegate.middleware import create_app
-from routegate.middleware.disconnect import WATCH_AFTER_S
-from routegate.middleware.http_protocol import CoalescingHttpToolsProtocol
+from routegate.middleware.request.disconnect import WATCH_AFTER_S
+from routegate.middleware.standalone.http_protocol import CoalescingHttpToolsProtocol
 from tests.conftest import pool_config
 from tests.providers.native_pool import Recorder
 

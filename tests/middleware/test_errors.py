@@ -10,7 +10,7 @@ from starlette.responses import PlainTextResponse
 
 from bench.fakes import FakeProvider, serve_in_thread
 from routegate.middleware import Gateway, RouterMiddleware
-from routegate.sidecar.protocol import Classification
+from routegate.middleware.contracts import Classification
 from tests.conftest import pool_config, running_gateway
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from routegate.middleware.http_protocol import _HeadHoldingTransport
+from routegate.middleware.standalone.http_protocol import _HeadHoldingTransport
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from routegate.middleware.config import LocalConfig
-from routegate.middleware.local import LocalModelServer
+from routegate.middleware.providers.local_model import LocalModelServer
 
 
 async def test_local_model_that_cannot_start_fails_with_the_reason(tmp_path: Path) -> None:

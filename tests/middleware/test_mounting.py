@@ -119,7 +119,8 @@ def test_standalone_entry_points(tmp_path: Path, fake_openai: tuple[FakeProvider
     if entry == "console-script":
         command = [str(bin_dir / "routegate"), "serve", "--config", str(config), "--port", str(port)]
     else:
-        command = [sys.executable, "-m", "uvicorn", "routegate.middleware.app:app", "--port", str(port)]
+        command = [sys.executable, "-m", "uvicorn", "routegate.middleware.standalone.app:app",
+                   "--port", str(port)]
     env = {**os.environ, "ROUTEGATE_CONFIG": str(config)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -2,13 +2,13 @@
 pyproject.toml). When a new release changes one of these, this file fails with the name of
 what changed, before the gateway misbehaves in production:
 
-- uvicorn: ``HttpToolsProtocol`` (middleware/http_protocol.py subclasses it and wraps the
+- uvicorn: ``HttpToolsProtocol`` (middleware/standalone/http_protocol.py subclasses it and wraps the
   transport in ``connection_made``; it reads ``self.loop`` and writes through
   ``self.transport``);
 - httpx: ``AsyncClient._transport_for_url`` and ``Response._content`` (send_upstream in
-  middleware/transport.py);
+  middleware/upstream/transport.py);
 - httptools: an exception raised in a parser callback stops ``feed_data`` with
-  ``HttpParserCallbackError`` whose ``__context__`` is that exception (middleware/http1.py
+  ``HttpParserCallbackError`` whose ``__context__`` is that exception (middleware/upstream/http1.py
   reports capped response heads that way).
 """
 
@@ -22,13 +22,13 @@ import httpx
 import pytest
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
-from routegate.middleware.upstream import ResponseTooLarge
+from routegate.middleware.upstream.origins import ResponseTooLarge
 
 
 def test_uvicorn_httptools_protocol_internals() -> None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    from routegate.middleware.http_protocol import CoalescingHttpToolsProtocol
+    from routegate.middleware.standalone.http_protocol import CoalescingHttpToolsProtocol
 
     assert issubclass(CoalescingHttpToolsProtocol, HttpToolsProtocol)
     params = list(inspect.signature(HttpToolsProtocol.connection_made).parameters)
@@ -41,7 +41,7 @@ def test_uvicorn_httptools_protocol_internals() -> None:
 async def test_uvicorn_protocol_writes_through_the_wrapped_transport() -> None:
     """The subclass's wrapper sees every write: the head goes out with the body."""
     from bench.fakes import serve_in_thread
-    from routegate.middleware.http_protocol import CoalescingHttpToolsProtocol
+    from routegate.middleware.standalone.http_protocol import CoalescingHttpToolsProtocol
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200,

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from routegate.middleware.config import GatewayConfig, parse_config
-from routegate.middleware.errors import ModelNotFound
-from routegate.middleware.routing import plan_route
-from routegate.sidecar.protocol import Classification
+from routegate.middleware.contracts import Classification
+from routegate.middleware.request.errors import ModelNotFound
+from routegate.middleware.request.routing import plan_route
 
 MODELS: dict[str, dict[str, Any]] = {
     "tiny": {"provider": "p", "input_usd_per_mtok": 0.0, "context_window": 2048,

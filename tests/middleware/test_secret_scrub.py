@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from bench.fakes import FakeProvider, Fault, serve_in_thread
-from routegate.middleware.scrub import REDACTED, Scrubber
+from routegate.middleware.request.scrub import REDACTED, Scrubber
 from tests.adaptive.adaptive_helpers import ADMIN, TOKEN, admin
 from tests.conftest import running_gateway
 from tests.otel.otel_harness import traced_gateway

@@ -19,7 +19,7 @@ import pytest
 
 from bench.fakes import FakeProvider, serve_in_thread
 from bench.fakes.origin import loop_policy
-from routegate.middleware.transport import FastTransport, raw_chunks, send_upstream
+from routegate.middleware.upstream.transport import FastTransport, raw_chunks, send_upstream
 
 KEY = {"authorization": "Bearer sk-test-provider-secret"}
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}

@@ -20,8 +20,8 @@ import pytest
 
 from bench.fakes.forward_proxy import ForwardProxy, serve_forward_proxy
 from bench.fakes.origin import Certificates, loop_policy, make_certificates, origin
-from routegate.middleware.transport import FastTransport, raw_chunks, send_upstream
-from routegate.middleware.upstream import OriginOptions, ProxyError, ResponseTooLarge, UnsafeHeader
+from routegate.middleware.upstream.origins import OriginOptions, ProxyError, ResponseTooLarge, UnsafeHeader
+from routegate.middleware.upstream.transport import FastTransport, raw_chunks, send_upstream
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\" fixture")
 

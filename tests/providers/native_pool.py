@@ -11,7 +11,7 @@ import httpx
 
 from bench.fakes import FakeProvider, serve_in_thread
 from routegate.middleware import GatewayConfig, parse_config
-from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
+from routegate.middleware.contracts import AttemptInfo, RequestContext, RequestOutcome
 from tests.conftest import FAST_TIMEOUTS, running_gateway
 
 Kind = Literal["openai", "anthropic", "gemini"]

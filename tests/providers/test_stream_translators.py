@@ -9,13 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
-from routegate.middleware.ingress_anthropic import AnthropicStreamWriter
 from routegate.middleware.providers.anthropic import (
     AnthropicStreamTranslator,
     judge_anthropic_error,
 )
 from routegate.middleware.providers.base import MalformedUpstream
 from routegate.middleware.providers.gemini import judge_gemini_error
+from routegate.middleware.request.ingress_anthropic import AnthropicStreamWriter
 
 
 def _anthropic(kind: str, **payload: Any) -> bytes:

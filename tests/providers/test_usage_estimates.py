@@ -17,7 +17,7 @@ from routegate.middleware import create_app
 from routegate.middleware.asgi_types import Receive, Scope, Send
 from routegate.middleware.config import UsageConfig
 from routegate.middleware.providers.base import ClientRequest
-from routegate.middleware.tokens import EstimatedUsage, TokenEstimator
+from routegate.middleware.request.tokens import EstimatedUsage, TokenEstimator
 from routegate.middleware.wire.openai import ChatRequest
 from routegate.sidecar.local_llm import default_model_path
 from tests.providers.native_pool import Recorder, model, native_config

@@ -1,7 +1,7 @@
 """The standalone gateway: a Starlette application with RouterMiddleware mounted.
 
 ``create_app(config)`` builds it; ``app`` is the same built lazily from ``ROUTEGATE_CONFIG``
-(or ./gateway.toml) on first use, so ``uvicorn routegate.middleware.app:app`` works and importing
+(or ./gateway.toml) on first use, so ``uvicorn routegate.middleware.standalone.app:app`` works and importing
 this module does nothing. The app's own routes are ``/healthz`` and ``/readyz``; the gateway's
 paths (chat, messages, models: pure ASGI; feedback, ``/admin``: its Starlette routes) are
 answered by the middleware before Starlette's routing sees them.
@@ -17,12 +17,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from routegate.middleware.asgi import RouterMiddleware
 from routegate.middleware.asgi_types import ASGIApp, Receive, Scope, Send
 from routegate.middleware.config import GatewayConfig, load_config, resolve_config_path
-from routegate.middleware.errors import GatewayError
-from routegate.middleware.gateway import Gateway
-from routegate.middleware.operator import JSONAnswer, OperatorRoute
+from routegate.middleware.operations.operator import JSONAnswer, OperatorRoute
+from routegate.middleware.request.asgi import RouterMiddleware
+from routegate.middleware.request.errors import GatewayError
+from routegate.middleware.request.gateway import Gateway
 
 __all__ = ["GatewayApp", "app", "create_app"]
 

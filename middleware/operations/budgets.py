@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from routegate.middleware.config import ClientConfig, GatewayConfig, ModelConfig
-from routegate.middleware.errors import GatewayError, Unauthorized
 from routegate.middleware.providers.base import ClientRequest
+from routegate.middleware.request.errors import GatewayError, Unauthorized
 
 __all__ = ["BudgetExceeded", "ClientLimiter", "RateLimited", "Reservation", "SlidingWindowLimit",
            "hash_key", "reservation_usd"]

@@ -1,6 +1,6 @@
 """The gateway's own endpoints off the hot path (feedback, ``/admin``) as Starlette routes.
 
-Chat, messages and models stay pure ASGI in :class:`~routegate.middleware.gateway.Gateway`;
+Chat, messages and models stay pure ASGI in :class:`~routegate.middleware.request.gateway.Gateway`;
 these are Starlette :class:`Route`\\ s with its ``Request``/``Response`` classes, served through
 :class:`OperatorApp` so they keep what the gateway gives every endpoint: a request id,
 observers, the client-key check before the body is read, and OpenAI-style errors (Starlette's
@@ -16,11 +16,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match, Route, Router
 
 from routegate.middleware.asgi_types import ASGIApp, Message, Receive, Scope, Send
-from routegate.middleware.errors import GatewayError
-from routegate.middleware.observe import RequestContext, RequestOutcome
+from routegate.middleware.contracts import RequestContext, RequestOutcome
+from routegate.middleware.request.errors import GatewayError
 
 if TYPE_CHECKING:
-    from routegate.middleware.gateway import Gateway
+    from routegate.middleware.request.gateway import Gateway
 
 __all__ = ["JSONAnswer", "OperatorApp", "OperatorRoute", "context", "match_route", "not_found",
            "operator_router"]

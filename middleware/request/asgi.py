@@ -16,8 +16,8 @@ from pathlib import Path
 from routegate.middleware.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from routegate.middleware.config import GatewayConfig, load_config, resolve_config_path
 from routegate.middleware.extensions import default_extensions
-from routegate.middleware.gateway import Gateway
-from routegate.middleware.operator import match_route
+from routegate.middleware.operations.operator import match_route
+from routegate.middleware.request.gateway import Gateway
 
 __all__ = ["RouterMiddleware"]
 

@@ -1,5 +1,5 @@
 """The operator API under ``/admin``, over the adaptive extension's state
-(``middleware/adaptive.py``).
+(``middleware/operations/adaptive.py``).
 
     GET  /admin/                    the operator dashboard (one static page; data needs the token)
     GET  /admin/stats               per model / provider / category / client numbers
@@ -15,7 +15,7 @@
 Every ``/admin`` path except the page itself needs ``Authorization: Bearer <token>`` where the
 token is the value of the environment variable named by ``admin.token_env``; without one the
 whole ``/admin`` tree does not exist (404). The compare is constant-time and runs before any
-route is looked up or a body read. The routes are Starlette's (``middleware/operator.py``):
+route is looked up or a body read. The routes are Starlette's (``middleware/operations/operator.py``):
 a known path with the wrong method is a 405 with ``allow``.
 """
 
@@ -27,7 +27,7 @@ import hmac
 import importlib.resources
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 from starlette.requests import Request
@@ -35,12 +35,12 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
-from routegate.middleware.budgets import reservation_usd
 from routegate.middleware.config import ConfigError, GatewayConfig, load_config, resolve_config_path
-from routegate.middleware.errors import GatewayError, InvalidRequest, Unauthorized
-from routegate.middleware.gateway import Gateway, read_body
-from routegate.middleware.health import WINDOWS
-from routegate.middleware.operator import (
+from routegate.middleware.contracts import Classification
+from routegate.middleware.operations.budgets import ClientLimiter, reservation_usd
+from routegate.middleware.operations.feedback import FeedbackStore
+from routegate.middleware.operations.model_health import WINDOWS, Controls, HealthRegistry
+from routegate.middleware.operations.operator import (
     JSONAnswer,
     OperatorApp,
     OperatorRoute,
@@ -48,14 +48,12 @@ from routegate.middleware.operator import (
     operator_router,
 )
 from routegate.middleware.providers.base import ClientRequest
-from routegate.middleware.routing import Candidate, Override, plan_route
+from routegate.middleware.request.errors import GatewayError, InvalidRequest, Unauthorized
+from routegate.middleware.request.gateway import Gateway, read_body
+from routegate.middleware.request.routing import Candidate, Override, RouteView, plan_route
 from routegate.middleware.wire.openai import message_text
-from routegate.sidecar.protocol import Classification
 
-if TYPE_CHECKING:
-    from routegate.middleware.adaptive import AdaptiveExtension
-
-__all__ = ["ADMIN_BODY_LIMIT", "MAX_TTL_S", "AdminApi", "describe_changes"]
+__all__ = ["ADMIN_BODY_LIMIT", "MAX_TTL_S", "AdminApi", "AdminHost", "describe_changes"]
 
 ADMIN_BODY_LIMIT = 1 << 20  # admin (and feedback) bodies are small JSON documents
 MAX_TTL_S = 30 * 86_400.0  # an override outliving a month is config, not an operator's nudge
@@ -75,11 +73,34 @@ class WeightChange(msgspec.Struct, forbid_unknown_fields=True):
 _weight_decoder = msgspec.json.Decoder(WeightChange)
 
 
+class AdminHost(Protocol):
+    """What the admin API reads and changes: the adaptive extension's live state."""
+
+    config_path: str | Path | None
+    by_category: dict[str, dict[str, int]]
+    reloaded_at: float | None
+    started_at: float
+    reconfiguring: asyncio.Task[None] | None
+    registry: HealthRegistry
+    controls: Controls
+    limiter: ClientLimiter
+    feedback: FeedbackStore
+
+    @property
+    def gateway(self) -> Gateway: ...
+    @property
+    def config(self) -> GatewayConfig: ...
+    def wall(self) -> float: ...
+    def route_view(self) -> RouteView: ...
+    def configure_admin(self, config: GatewayConfig) -> None: ...
+    def admin_token(self, config: GatewayConfig) -> str | None: ...
+
+
 class AdminApi:
     """The ``/admin`` tree; ``token`` is set (or cleared) by the extension from
     ``admin.token_env`` at start and on every reload."""
 
-    def __init__(self, extension: AdaptiveExtension) -> None:
+    def __init__(self, extension: AdminHost) -> None:
         self.ext = extension
         self.token: str | None = None
         self.router = operator_router([
@@ -303,7 +324,7 @@ class AdminApi:
     async def explain(self, request: ClientRequest) -> dict[str, Any]:
         """Classify and plan one request without sending it (no probe claimed, no budget)."""
         classification: Classification | None = None
-        from routegate.middleware.routing import AUTO_MODELS
+        from routegate.middleware.request.routing import AUTO_MODELS
 
         if request.chat.model in AUTO_MODELS:
             classification = await self.ext.gateway.classifier.classify(
@@ -356,5 +377,5 @@ def _unknown_model(name: str) -> GatewayError:
 
 
 def _dashboard() -> bytes:
-    return importlib.resources.files("routegate.middleware").joinpath(
+    return importlib.resources.files("routegate.middleware.operations").joinpath(
         "dashboard.html").read_bytes()

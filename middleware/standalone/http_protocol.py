@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from routegate.middleware.config import ServerConfig
-from routegate.middleware.errors import error_body
+from routegate.middleware.request.errors import error_body
 
 __all__ = ["CoalescingHttpToolsProtocol", "GuardedHttpToolsProtocol", "protocol_class"]
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from routegate.middleware.providers.base import UpstreamFailure
+from routegate.middleware.contracts import UpstreamFailure
 
 __all__ = ["REDACTED", "Scrubber"]
 

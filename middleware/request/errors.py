@@ -11,7 +11,7 @@
 
 A plain ``GatewayError`` with a 4xx ``status`` (404 no route, 405 wrong method, ...) gets the
 type OpenAI uses for that status, not ``server_error``. Upstream text (bodies, codes, details)
-reaches these messages only through the relay's :class:`~routegate.middleware.scrub.Scrubber`.
+reaches these messages only through the relay's :class:`~routegate.middleware.request.scrub.Scrubber`.
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ import msgspec
 
 from routegate.middleware.asgi_types import Message, Receive, Scope, Send
 from routegate.middleware.config import GatewayConfig
-from routegate.middleware.errors import GatewayError, InvalidRequest, invalid_json
-from routegate.middleware.gateway import Gateway, read_body
-from routegate.middleware.observe import RequestContext, RequestOutcome
+from routegate.middleware.contracts import RequestContext, RequestOutcome
 from routegate.middleware.providers.base import ClientRequest
-from routegate.middleware.routing import AUTO_MODELS
-from routegate.middleware.tokens import TokenEstimator
+from routegate.middleware.request.errors import GatewayError, InvalidRequest, invalid_json
+from routegate.middleware.request.gateway import Gateway, read_body
+from routegate.middleware.request.routing import AUTO_MODELS
+from routegate.middleware.request.tokens import TokenEstimator
 from routegate.middleware.wire.anthropic_inbound import (
     STOP_REASONS,
     from_anthropic_request,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from routegate.middleware.config import ModelConfig, ProviderConfig
+from routegate.middleware.contracts import Usage
 from routegate.middleware.providers.base import ProviderAdapter
-from routegate.middleware.wire.openai import Usage
 
 __all__ = ["PoolModel", "cost_usd"]
 

@@ -18,9 +18,9 @@ import msgspec
 
 from routegate.middleware.asgi_types import Message, Send
 from routegate.middleware.config import UsageConfig
+from routegate.middleware.contracts import Usage
 from routegate.middleware.providers.base import ClientRequest
-from routegate.middleware.recovery import OutputTape
-from routegate.middleware.wire.openai import Usage
+from routegate.middleware.request.recovery import OutputTape
 from routegate.middleware.wire.openai_messages import field, text_content, usage_dict
 
 __all__ = ["EstimatedUsage", "TokenEstimator", "UsageFiller", "prompt_text", "with_estimated_usage"]

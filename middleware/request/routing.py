@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
 from routegate.middleware.config import GatewayConfig, RouteConfig, SloConfig
-from routegate.middleware.errors import ModelNotFound
-from routegate.sidecar.protocol import Classification
+from routegate.middleware.contracts import Classification
+from routegate.middleware.request.errors import ModelNotFound
 
 __all__ = ["AUTO_MODELS", "Candidate", "ModelSignal", "Override", "Plan", "RouteView",
            "plan_route"]

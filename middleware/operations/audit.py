@@ -41,8 +41,8 @@ import httpx
 import msgspec
 
 from routegate.middleware.config import ConfigError, GatewayConfig, load_config, resolve_config_path
-from routegate.middleware.routing import plan_route
-from routegate.sidecar.protocol import Classification
+from routegate.middleware.contracts import Classification
+from routegate.middleware.request.routing import plan_route
 
 __all__ = ["GoldenItem", "audit", "check_answer", "load_golden", "register"]
 
@@ -292,7 +292,7 @@ async def _run(args: argparse.Namespace, config: GatewayConfig,
                                  concurrency=args.concurrency, headers=headers,
                                  progress=progress)
     else:
-        from routegate.middleware.app import create_app
+        from routegate.middleware.standalone.app import create_app
 
         app = create_app(config)
         await app.startup()

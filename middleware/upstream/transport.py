@@ -23,8 +23,8 @@ response before its end closes the connection. A request is sent again on anothe
 only when the one it got was found closed before any byte of the request was written; once
 a byte went out, the provider may have it (a generation could run twice), so the failure goes
 to the relay, which decides. Proxies, trust stores and response caps are per origin
-(:mod:`routegate.middleware.upstream`). One connection's protocol lives in
-:mod:`routegate.middleware.http1`; this module pools them and speaks httpx.
+(:mod:`routegate.middleware.upstream.origins`). One connection's protocol lives in
+:mod:`routegate.middleware.upstream.http1`; this module pools them and speaks httpx.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-from routegate.middleware.http1 import Connection, ResponseBody, RetryElsewhere
-from routegate.middleware.upstream import (
+from routegate.middleware.upstream.http1 import Connection, ResponseBody, RetryElsewhere
+from routegate.middleware.upstream.origins import (
     OriginOptions,
     ProxyError,
     UnsafeHeader,
@@ -55,7 +55,7 @@ _RESPONSE_EXTENSIONS = {"http_version": b"HTTP/1.1"}
 _DEFAULT_OPTIONS = OriginOptions()
 
 
-class Pool:
+class ConnectionPool:
     """Connections to one origin: idle ones (most recent last), a cap, and FIFO waiters."""
 
     def __init__(self, transport: FastTransport, scheme: bytes, host: str, port: int,
@@ -207,7 +207,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._verify = verify
         self._ssl: ssl.SSLContext | None = verify if isinstance(verify, ssl.SSLContext) else None
         self.environ = environ  # read once per origin, when its pool is made
-        self._pools: dict[tuple[bytes, str, int], Pool] = {}
+        self._pools: dict[tuple[bytes, str, int], ConnectionPool] = {}
         self._options: dict[tuple[bytes, str, int], OriginOptions] = {}
         self._bundles: dict[str, ssl.SSLContext] = {}
         self.connections_opened = 0  # for tests and stats: how well keep-alive works
@@ -252,7 +252,7 @@ class FastTransport(httpx.AsyncBaseTransport):
             if key[0] not in (b"http", b"https"):
                 raise httpx.UnsupportedProtocol(f"unsupported URL scheme {key[0]!r}")
             options = self._options.get(key) or _DEFAULT_OPTIONS
-            pool = self._pools[key] = Pool(self, *key, options)
+            pool = self._pools[key] = ConnectionPool(self, *key, options)
         timeouts: dict[str, float | None] = request.extensions.get("timeout", _NO_TIMEOUTS)
         method = request.method.encode("ascii")
         head, body, chunked = _encode_request(request, method, pool.absolute, pool.proxy_headers)

@@ -1,5 +1,5 @@
-"""Live health: windows per pool model and provider (:mod:`routegate.middleware.windows`),
-a circuit breaker per model (:mod:`routegate.middleware.breaker`), and the signals routing
+"""Live health: windows per pool model and provider (:mod:`routegate.middleware.operations.sliding_windows`),
+a circuit breaker per model (:mod:`routegate.middleware.operations.breaker`), and the signals routing
 reads from them.
 
 Time comes from an injected clock (``time.monotonic`` by default) so tests drive the windows
@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterable
 
 import httpx
 
-from routegate.middleware.breaker import Breaker, BreakerState
 from routegate.middleware.config import GatewayConfig, SloConfig
-from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
-from routegate.middleware.routing import ModelSignal, Override
-from routegate.middleware.windows import (
+from routegate.middleware.contracts import AttemptInfo, RequestContext, RequestOutcome
+from routegate.middleware.operations.breaker import Breaker, BreakerState
+from routegate.middleware.operations.sliding_windows import (
     WINDOWS,
     Aggregate,
     Decision,
@@ -26,6 +25,7 @@ from routegate.middleware.windows import (
     WindowStats,
     sample_bins,
 )
+from routegate.middleware.request.routing import ModelSignal, Override
 
 __all__ = [
     "WINDOWS",
@@ -274,7 +274,7 @@ class Controls:
 
 
 class LiveView:
-    """The :class:`~routegate.middleware.routing.RouteView` of one request: health and
+    """The :class:`~routegate.middleware.request.routing.RouteView` of one request: health and
     overrides read at one instant (``now`` from the registry's clock)."""
 
     __slots__ = ("_controls", "_now", "_registry", "_wall")

@@ -11,7 +11,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TypeAlias
 
 import httpx
 import msgspec
@@ -19,22 +19,29 @@ from starlette.routing import BaseRoute
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
 from routegate.middleware.config import ConfigError, GatewayConfig, ProviderConfig
-from routegate.middleware.errors import GatewayError, InvalidRequest, PayloadTooLarge, invalid_json
-from routegate.middleware.local import LocalModelServer
-from routegate.middleware.observe import Observers, RequestContext, RequestOutcome
-from routegate.middleware.pool import PoolModel
+from routegate.middleware.contracts import (
+    ChatPolicy,
+    Classification,
+    Classifier,
+    Extension,
+    RequestContext,
+    RequestOutcome,
+)
 from routegate.middleware.providers import build_adapter
 from routegate.middleware.providers.base import ClientRequest, ProviderAdapter
-from routegate.middleware.relay import Relay
-from routegate.middleware.routing import AUTO_MODELS, Plan, RouteView, plan_route
-from routegate.middleware.scrub import Scrubber
-from routegate.middleware.transport import FastTransport
-from routegate.middleware.upstream import OriginOptions, unsafe_header
+from routegate.middleware.providers.local_model import LocalModelServer
+from routegate.middleware.request.errors import GatewayError, InvalidRequest, PayloadTooLarge, invalid_json
+from routegate.middleware.request.model_pool import PoolModel
+from routegate.middleware.request.observers import Observers
+from routegate.middleware.request.relay import Relay
+from routegate.middleware.request.routing import AUTO_MODELS, Plan, RouteView, plan_route
+from routegate.middleware.request.scrub import Scrubber
+from routegate.middleware.upstream.origins import OriginOptions, unsafe_header
+from routegate.middleware.upstream.transport import FastTransport
 from routegate.middleware.wire.openai import ChatRequest, message_text
 from routegate.sidecar.heuristic import HeuristicClassifier
-from routegate.sidecar.protocol import Classification, Classifier
 
-__all__ = ["ChatPolicy", "Endpoint", "Extension", "Gateway"]
+__all__ = ["Endpoint", "Gateway", "GatewayExtension", "GatewayPolicy"]
 
 log = logging.getLogger("routegate")
 
@@ -46,23 +53,10 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # An endpoint answers one request; GatewayError it raises becomes an OpenAI-style error.
 Endpoint = Callable[[Scope, RequestContext, Receive, Send], Awaitable[RequestOutcome]]
-
-
-class Extension(Protocol):
-    """A feature that lives beside the core (telemetry, admin, other ingress formats): it is
-    started after the pool is built and may add endpoints and observers in ``start``."""
-
-    async def start(self, gateway: Gateway) -> None: ...
-    async def stop(self) -> None: ...
-
-
-class ChatPolicy(Protocol):
-    """Live routing inputs and admission for chat requests (health, weights, client budgets),
-    installed by an extension as ``gateway.policy``."""
-
-    def route_view(self, ctx: RequestContext) -> RouteView: ...
-    def admit(self, ctx: RequestContext, request: ClientRequest, plan: Plan) -> None: ...
-    def settle(self, ctx: RequestContext) -> None: ...
+# Extensions are started with the whole gateway (the sidecar's and telemetry's need less of it:
+# contracts.ExtensionHost); the adaptive extension installs the chat policy.
+GatewayExtension: TypeAlias = "Extension[Gateway]"
+GatewayPolicy: TypeAlias = "ChatPolicy[RouteView, ClientRequest, Plan]"
 
 
 class Gateway:
@@ -71,7 +65,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, *, classifier: Classifier | None = None,
                  observers: Observers | None = None,
-                 extensions: list[Extension] | None = None,
+                 extensions: list[GatewayExtension] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  environ: Callable[[str], str | None] = os.environ.get) -> None:
         self.config = config
@@ -93,9 +87,9 @@ class Gateway:
             config.server.prefix + "/chat/completions": self._chat,
             config.server.prefix + "/models": self._list_models,
         }
-        # Off the hot path (feedback, /admin): Starlette routes, see middleware/operator.py
+        # Off the hot path (feedback, /admin): Starlette routes, see middleware/operations/operator.py
         self.routes: list[BaseRoute] = []
-        self.policy: ChatPolicy | None = None  # set by the adaptive extension
+        self.policy: GatewayPolicy | None = None  # set by the adaptive extension
         # Client-key check for every path in ``endpoints`` and feedback (not the ``/admin``
         # tree, which has its own token), run before the endpoint reads or validates anything; set by the
         # adaptive extension. Raises Unauthorized; may set ``ctx.client``.

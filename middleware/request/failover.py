@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 
 from routegate.middleware.config import ModelConfig, RetryConfig
-from routegate.middleware.providers.base import UpstreamFailure
+from routegate.middleware.contracts import UpstreamFailure
 
 __all__ = ["RETRIED_STATUSES", "Failover", "backoff"]
 

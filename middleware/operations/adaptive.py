@@ -1,8 +1,8 @@
 """Adaptive routing: the extension that wires health windows, breakers, traffic shifting,
 feedback and client budgets into the gateway (its chat policy and observer), and mounts the
-operator API (``middleware/admin.py``) when an admin token is configured.
+operator API (``middleware/operations/admin.py``) when an admin token is configured.
 
-    POST {prefix}/feedback   {"request_id": "...", "score": 0.0}   (see middleware/feedback.py)
+    POST {prefix}/feedback   {"request_id": "...", "score": 0.0}   (see middleware/operations/feedback.py)
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from routegate.middleware.admin import ADMIN_BODY_LIMIT, AdminApi
-from routegate.middleware.budgets import ClientLimiter, Reservation, reservation_usd
 from routegate.middleware.config import GatewayConfig
-from routegate.middleware.feedback import FeedbackStore
-from routegate.middleware.gateway import read_body
-from routegate.middleware.health import Controls, HealthObserver, HealthRegistry, LiveView
-from routegate.middleware.observe import AttemptInfo, RequestContext, RequestOutcome
-from routegate.middleware.operator import (
+from routegate.middleware.contracts import AttemptInfo, RequestContext, RequestOutcome
+from routegate.middleware.operations.admin import ADMIN_BODY_LIMIT, AdminApi
+from routegate.middleware.operations.budgets import ClientLimiter, Reservation, reservation_usd
+from routegate.middleware.operations.feedback import FeedbackStore
+from routegate.middleware.operations.model_health import Controls, HealthObserver, HealthRegistry, LiveView
+from routegate.middleware.operations.operator import (
     JSONAnswer,
     OperatorApp,
     OperatorRoute,
@@ -35,10 +34,11 @@ from routegate.middleware.operator import (
     operator_router,
 )
 from routegate.middleware.providers.base import ClientRequest
-from routegate.middleware.routing import ModelSignal, Override, Plan
+from routegate.middleware.request.gateway import read_body
+from routegate.middleware.request.routing import ModelSignal, Override, Plan
 
 if TYPE_CHECKING:
-    from routegate.middleware.gateway import Gateway
+    from routegate.middleware.request.gateway import Gateway
 
 __all__ = ["AdaptiveExtension", "StaticView"]
 

@@ -1,4 +1,4 @@
-"""Per-origin upstream settings for :class:`~routegate.middleware.transport.FastTransport`
+"""Per-origin upstream settings for :class:`~routegate.middleware.upstream.transport.FastTransport`
 (and the load-time checks of the provider keys that set them):
 which proxy (the environment's ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY``, or a
 provider's ``proxy`` key), which trust store (the system's plus certifi's, or a provider's
@@ -20,13 +20,11 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
-if TYPE_CHECKING:
-    from routegate.middleware.config import ProviderConfig
+from routegate.middleware.config_schema import ProviderConfig
 
 __all__ = ["OriginOptions", "Proxy", "ProxyError", "ResponseTooLarge", "UnsafeHeader",
            "connect_error", "env_proxy", "open_tunnel", "parse_proxy", "resolve_proxy",

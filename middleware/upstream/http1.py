@@ -1,6 +1,6 @@
 """One HTTP/1.1 client connection: an ``asyncio.Protocol`` with ``httptools`` parsing the
 responses, the exchange (request/response) it carries, and the response body as it arrives.
-:mod:`routegate.middleware.transport` pools these connections behind the httpx API.
+:mod:`routegate.middleware.upstream.transport` pools these connections behind the httpx API.
 
 A connection has at most one exchange at a time. Parser callbacks fill the exchange and wake
 its consumer; a read timeout is one lazy timer per exchange. A response that completes with
@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 import httpx
 
-from routegate.middleware.upstream import ResponseTooLarge
+from routegate.middleware.upstream.origins import OriginOptions, ResponseTooLarge
 
-if TYPE_CHECKING:
-    from routegate.middleware.transport import Pool
+__all__ = ["Connection", "ConnectionOwner", "Exchange", "ResponseBody", "RetryElsewhere"]
 
-__all__ = ["Connection", "Exchange", "ResponseBody", "RetryElsewhere"]
+
+class ConnectionOwner(Protocol):
+    """What a connection needs of the pool that opened it (``transport.ConnectionPool``)."""
+
+    loop: asyncio.AbstractEventLoop
+    options: OriginOptions
+
+    def release(self, connection: Connection) -> None: ...
+    def discard(self, connection: Connection) -> None: ...
 
 _HIGH_WATER = 256 * 1024  # unread body bytes at which the socket stops being read
 
@@ -67,7 +74,7 @@ class Exchange:
 class Connection(asyncio.Protocol):
     """One HTTP/1.1 connection; parser callbacks feed the current exchange."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: ConnectionOwner) -> None:
         self._pool = pool
         self._loop = pool.loop
         self.transport: asyncio.Transport | None = None

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from routegate.middleware.budgets import RateLimited, SlidingWindowLimit
-from routegate.middleware.errors import GatewayError, InvalidRequest
-from routegate.middleware.health import HealthRegistry
-from routegate.middleware.observe import RequestContext, RequestOutcome
+from routegate.middleware.contracts import RequestContext, RequestOutcome
+from routegate.middleware.operations.budgets import RateLimited, SlidingWindowLimit
+from routegate.middleware.operations.model_health import HealthRegistry
+from routegate.middleware.request.errors import GatewayError, InvalidRequest
 
 __all__ = ["Answered", "FeedbackBody", "FeedbackStore"]
 

@@ -13,8 +13,12 @@ import gc
 import logging
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from routegate.middleware.config import ConfigError, load_config, resolve_config_path
+
+if TYPE_CHECKING:
+    from routegate.sidecar.cli import ClassifySettings
 
 __all__ = ["main"]
 
@@ -22,8 +26,8 @@ __all__ = ["main"]
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from routegate.middleware.app import create_app
-    from routegate.middleware.http_protocol import protocol_class
+    from routegate.middleware.standalone.app import create_app
+    from routegate.middleware.standalone.http_protocol import protocol_class
 
     try:
         config = load_config(resolve_config_path(args.config))
@@ -58,12 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=_serve)
-    from routegate.middleware.audit import register as register_audit
+    from routegate.middleware.operations.audit import register as register_audit
     from routegate.sidecar.cli import register as register_classifier
 
     register_audit(sub)
-    register_classifier(sub)  # `routegate classify ...`, `routegate sidecar ...`
+    register_classifier(sub, _classify_settings)  # `routegate classify ...`, `routegate sidecar ...`
     return parser
+
+
+def _classify_settings(path: str) -> ClassifySettings:
+    """What ``routegate classify --config`` takes from a gateway.toml."""
+    from routegate.sidecar.cli import ClassifySettings
+    from routegate.sidecar.routes import route_specs
+
+    config = load_config(path)
+    categories = tuple(config.categories)
+    routes = route_specs(config.routes, categories) if config.routes else route_specs(
+        categories=categories)
+    return ClassifySettings(categories, routes, config.classifier.budget_ms,
+                            config.classifier.default_category, config.classifier.escalate_below)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The attempt loop: try the plan's models in order, stream the first that answers.
 
 Before the first byte reaches the client every failure is private: the loop retries the same
-model or moves on (what to do is :mod:`routegate.middleware.failover`'s call) inside one deadline.
+model or moves on (what to do is :mod:`routegate.middleware.request.failover`'s call) inside one deadline.
 After the first byte the answer belongs to the client: a failure ends the stream with an
 in-band SSE error event, never a silent truncation that looks like success.
 """
@@ -18,23 +18,18 @@ import msgspec
 
 from routegate.middleware.asgi_types import Receive, Send
 from routegate.middleware.config import GatewayConfig
-from routegate.middleware.disconnect import DisconnectWatch, uncancel
-from routegate.middleware.errors import AllAttemptsFailed, GatewayError, UpstreamRejected
-from routegate.middleware.failover import Failover
-from routegate.middleware.observe import AttemptInfo, Observers, RequestContext, RequestOutcome
-from routegate.middleware.pool import PoolModel, cost_usd
-from routegate.middleware.providers.base import (
-    ClientRequest,
-    MalformedUpstream,
-    StreamTranslator,
-    UpstreamFailure,
-)
-from routegate.middleware.recovery import OutputTape, Splicer, continuation_request
-from routegate.middleware.scrub import Scrubber
-from routegate.middleware.tokens import TokenEstimator, UsageFiller, with_estimated_usage
-from routegate.middleware.transport import raw_chunks, send_upstream
-from routegate.middleware.upstream import ResponseTooLarge
-from routegate.middleware.wire.openai import Usage
+from routegate.middleware.contracts import AttemptInfo, RequestContext, RequestOutcome, UpstreamFailure, Usage
+from routegate.middleware.providers.base import ClientRequest, MalformedUpstream, StreamTranslator
+from routegate.middleware.request.disconnect import DisconnectWatch, uncancel
+from routegate.middleware.request.errors import AllAttemptsFailed, GatewayError, UpstreamRejected
+from routegate.middleware.request.failover import Failover
+from routegate.middleware.request.model_pool import PoolModel, cost_usd
+from routegate.middleware.request.observers import Observers
+from routegate.middleware.request.recovery import OutputTape, Splicer, continuation_request
+from routegate.middleware.request.scrub import Scrubber
+from routegate.middleware.request.tokens import TokenEstimator, UsageFiller, with_estimated_usage
+from routegate.middleware.upstream.origins import ResponseTooLarge
+from routegate.middleware.upstream.transport import raw_chunks, send_upstream
 
 __all__ = ["Relay"]
 

@@ -1,0 +1,1 @@
+"""The standalone gateway: the Starlette app, the guarded uvicorn protocol, the CLI."""
