@@ -3,9 +3,11 @@ of the shared state backend: no persistence, its own temp dir, stopped afterward
 be killed, frozen (SIGSTOP: a Redis that accepts connections but never answers) and restarted
 on the same port, for the "Redis down / slow / restarted mid-run" tests.
 
-    with running_redis() as server:          # or the ``redis_server`` fixture
+    with running_redis() as server:
         client = redis.asyncio.Redis.from_url(server.url)
         server.kill(); server.start()         # same port, empty data
+
+As a pytest fixture: ``with running_redis() as server: yield server`` (tests/test_redis_harness.py).
 
 Without ``redis-server`` on PATH the test is skipped, except in CI (env ``CI`` set), where a
 missing server is a failure: ``.ci/run`` installs it.
@@ -20,13 +22,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-__all__ = ["RedisServer", "free_port", "redis_server", "running_redis"]
+__all__ = ["RedisServer", "free_port", "running_redis"]
 
 BINARY = "redis-server"
 START_TIMEOUT_S = 10.0
@@ -44,19 +46,21 @@ def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.25) as conn:
             conn.sendall(b"PING\r\n")
-            return conn.recv(64).startswith(b"+PONG")
+            return conn.recv(64).startswith((b"+PONG", b"-NOAUTH"))  # up (with a password)
     except OSError:
         return False
 
 
 class RedisServer:
     """One redis-server process at a time on a fixed port; ``start`` after ``kill`` or
-    ``stop`` brings a fresh (empty) one up on the same port."""
+    ``stop`` brings a fresh (empty) one up on the same port. ``extra_args`` are appended to
+    the command line (e.g. ``--requirepass``)."""
 
-    def __init__(self, binary: str, port: int, workdir: Path) -> None:
+    def __init__(self, binary: str, port: int, workdir: Path, extra_args: Sequence[str] = ()) -> None:
         self.binary = binary
         self.port = port
         self.workdir = workdir
+        self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,7 +80,7 @@ class RedisServer:
         assert not self.running, "already running"
         argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-                "--logfile", str(self.log), "--daemonize", "no"]
+                "--logfile", str(self.log), "--daemonize", "no", *self.extra_args]
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -138,12 +142,12 @@ def _binary() -> str:
 
 
 @contextmanager
-def running_redis() -> Iterator[RedisServer]:
+def running_redis(extra_args: Sequence[str] = ()) -> Iterator[RedisServer]:
     """A started redis-server on a free loopback port, in its own temp dir; stopped after."""
     binary = _binary()
     with tempfile.TemporaryDirectory(prefix="routegate-redis-") as workdir:
         for attempt in range(3):  # another process may take the free port before Redis binds it
-            server = RedisServer(binary, free_port(), Path(workdir))
+            server = RedisServer(binary, free_port(), Path(workdir), extra_args)
             try:
                 server.start()
                 break
@@ -154,10 +158,3 @@ def running_redis() -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A running redis-server for one test (see :func:`running_redis`)."""
-    with running_redis() as server:
-        yield server

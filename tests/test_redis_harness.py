@@ -7,17 +7,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-if TYPE_CHECKING:  # imported at run time by pytest_plugins (importing it first would keep
-    from tests.redis_harness import RedisServer  # pytest from rewriting its asserts)
+from tests.redis_harness import RedisServer, running_redis
 
-pytest_plugins = ["tests.redis_harness"]  # the redis_server fixture
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
 
 
 async def test_set_get_then_kill_and_restart_on_the_same_port(redis_server: RedisServer) -> None:
@@ -56,8 +60,6 @@ async def test_frozen_server_times_commands_out_then_answers_again(
 
 
 def test_server_is_gone_after_the_block_and_its_dir_removed() -> None:
-    from tests.redis_harness import running_redis
-
     with running_redis() as server:
         assert server.process is not None
         pid, workdir = server.process.pid, server.workdir
@@ -68,10 +70,19 @@ def test_server_is_gone_after_the_block_and_its_dir_removed() -> None:
 
 
 def test_stop_handles_a_frozen_server() -> None:
-    from tests.redis_harness import running_redis
-
     with running_redis() as server:
         assert server.process is not None
         server.process.send_signal(signal.SIGSTOP)
         server.stop()  # SIGTERM + SIGCONT: exits without waiting for the SIGKILL fallback
         assert not server.running
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("", pytest.skip.Exception),
+                                             ("true", pytest.fail.Exception)])
+def test_without_redis_server_skips_but_fails_in_ci(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ci: str,
+        outcome: type[BaseException]) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="redis-server is not installed"), running_redis():
+        pass
