@@ -194,15 +194,16 @@ def test_healthcheck_asks_healthz_and_fails_without_a_gateway(
 
 
 def ignored(path: str, patterns: list[str]) -> bool:
-    """.dockerignore semantics for the patterns used here: the last matching one decides."""
+    """.dockerignore semantics for the patterns used here: a pattern matches a path or one of
+    its parent folders (``**/`` any depth); the last matching pattern decides."""
     result = False
     parts = path.split("/")
     for pattern in patterns:
         negate = pattern.startswith("!")
         glob = pattern.lstrip("!").rstrip("/")
-        if any(fnmatch.fnmatch("/".join(parts[:i]), glob) or
-               fnmatch.fnmatch(parts[i - 1], glob.removeprefix("**/"))
-               for i in range(1, len(parts) + 1)):
+        anywhere = glob.startswith("**/")
+        if any(fnmatch.fnmatch(parts[i - 1], glob[3:]) if anywhere
+               else fnmatch.fnmatch("/".join(parts[:i]), glob) for i in range(1, len(parts) + 1)):
             result = not negate
     return result
 
@@ -213,7 +214,7 @@ def test_dockerignore_keeps_exactly_what_the_build_copies(docker: dict[str, list
     for source in [source for stage in docker.values() for source in copy_sources(stage)]:
         assert (REPO / source).exists(), source
         assert not ignored(source, patterns), source
-    for left_out in (".venv/bin/python", "tests/conftest.py", "bench/run.py",
+    for left_out in (".venv/bin/python", "tests/conftest.py", "bench/run.py", "bench/README.md",
                      "middleware/deploy/Dockerfile", "middleware/__pycache__/app.cpython-311.pyc"):
         assert ignored(left_out, patterns), left_out
     assert not ignored("middleware/app.py", patterns)
