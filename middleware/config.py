@@ -4,7 +4,8 @@ Every section is a Struct with ``forbid_unknown_fields``: a typo in a key fails 
 with the TOML key path (``models."gpt-4o".capabilites: unknown key``) instead of being ignored.
 Cross references (a model's provider, a route's candidates, fallback chains) are checked after
 decoding so a dangling name fails the same way. Nothing here reads the environment except
-:func:`resolve_config_path`; provider keys are looked up by the app at start.
+:func:`resolve_config_path`; provider keys and the Redis URL (``StateConfig.resolve_url``)
+are looked up by the app at start.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ from routegate.middleware.config_schema import (
     RouteConfig,
     ServerConfig,
     SloConfig,
+    StateConfig,
     TelemetryConfig,
     Timeouts,
     UsageConfig,
+    redacted_redis_url,
+    redis_url_problem,
 )
 from routegate.middleware.upstream.origins import shared_origin_conflict, upstream_problem
 
@@ -58,6 +62,7 @@ __all__ = [
     "RouteConfig",
     "ServerConfig",
     "SloConfig",
+    "StateConfig",
     "TelemetryConfig",
     "Timeouts",
     "UsageConfig",
@@ -135,11 +140,41 @@ def _check_breaker(path: str, breaker: BreakerConfig) -> None:
             open_low=True)
 
 
+def _check_state(state: StateConfig) -> None:
+    """[state]: timings within bounds, names without whitespace, and for ``redis`` exactly
+    one of ``url`` / ``url_env`` (the URL is checked here, the variable when it is read).
+    Messages show the URL redacted: it may carry a password."""
+    _within("state.connect_timeout_s", state.connect_timeout_s, 0.0, 10.0, open_low=True)
+    _within("state.command_timeout_s", state.command_timeout_s, 0.0, 5.0, open_low=True)
+    _within("state.flush_interval_s", state.flush_interval_s, 0.05, 5.0)
+    _within("state.resync_interval_s", state.resync_interval_s, 0.5, 60.0)
+    _within("state.heartbeat_ttl_s", state.heartbeat_ttl_s, 1.0, 300.0)
+    if state.heartbeat_ttl_s <= state.flush_interval_s:  # else live replicas would expire
+        raise ConfigError("state.heartbeat_ttl_s: must exceed state.flush_interval_s")
+    for key, value in (("key_prefix", state.key_prefix), ("replica_id", state.replica_id)):
+        if len(value) > 128 or any(c.isspace() for c in value):
+            raise ConfigError(f"state.{key}: at most 128 characters, no whitespace")
+    if not state.key_prefix:
+        raise ConfigError("state.key_prefix: must not be empty (several gateways may share "
+                          "one Redis)")
+    if state.url and state.url_env:
+        raise ConfigError("state.url: set url or url_env, not both")
+    if state.url_env and not (state.url_env.isidentifier() and state.url_env.isascii()):
+        raise ConfigError(f"state.url_env: not an environment variable name: {state.url_env!r}")
+    if state.url:
+        problem = redis_url_problem(state.url)
+        if problem:
+            raise ConfigError(f"state.url: {problem} (got {redacted_redis_url(state.url)})")
+    elif state.backend == "redis" and not state.url_env:
+        raise ConfigError('state.url: required (or state.url_env) for backend = "redis"')
+
+
 def _check_bounds(config: GatewayConfig) -> None:
     """Numeric keys within sane bounds. Prices, windows, budgets and rates feed the budget
     reservations: never negative (a negative price would make a reservation a refund), and
     finite."""
     _within("retry.same_model_5xx", config.retry.same_model_5xx, 0, 3)
+    _check_state(config.state)
     _check_breaker("adaptive.breaker", config.adaptive.breaker)
     _within("adaptive.feedback_per_minute", config.adaptive.feedback_per_minute, 0, _MAX_PER_MINUTE)
     for name, model in config.models.items():

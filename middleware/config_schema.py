@@ -5,7 +5,11 @@ from a file are :mod:`routegate.middleware.config`'s; import from there.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import os
+import socket
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -28,9 +32,12 @@ __all__ = [
     "RouteConfig",
     "ServerConfig",
     "SloConfig",
+    "StateConfig",
     "TelemetryConfig",
     "Timeouts",
     "UsageConfig",
+    "redacted_redis_url",
+    "redis_url_problem",
 ]
 
 DEFAULT_CATEGORIES: tuple[str, ...] = (
@@ -249,6 +256,92 @@ class ClientConfig(_Section, frozen=True):
     requests_per_minute: int = 0
 
 
+def redacted_redis_url(url: str) -> str:
+    """A Redis URL fit for messages: scheme, host, port and db; user and password become
+    ``***``. Never raises, whatever the text."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<not a URL>"
+    # the last "@" ends the credentials even if a password holds "/", "?" or "#" unescaped;
+    # the query (redis-py reads ?password= too) and fragment are dropped
+    _, at, tail = rest.rpartition("@")
+    return f"{scheme}://{'***@' if at else ''}{tail.split('?')[0].split('#')[0]}"
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL (the URL itself never in the answer), or None."""
+    expected = "must be redis://[user:password@]host[:port][/db] or rediss://..."
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a non-numeric or out-of-range port
+    except ValueError:
+        return expected
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        return expected
+    if port == 0:
+        return expected
+    db = parts.path.lstrip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        return f"{expected} (the db is a number)"
+    return None
+
+
+class StateConfig(_Section, frozen=True):
+    """Where live state (budgets, limits, breakers, health, operator state, feedback) lives:
+    this process (``memory``) or a Redis/Valkey shared by every replica (``redis``).
+
+    The URL may carry a password, so it never appears in a repr or an error message; use
+    :meth:`resolve_url` to connect and :attr:`redacted_url` to talk about it."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: str = ""  # redis://[user:pass@]host:port/db or rediss://...
+    url_env: str = ""  # or the name of an env var holding it (exactly one of the two for redis)
+    key_prefix: str = "routegate:"  # several gateways may share one Redis
+    connect_timeout_s: float = 0.5
+    command_timeout_s: float = 0.25
+    on_unavailable: Literal["open", "closed"] = "open"  # budgets and rate limits without Redis
+    flush_interval_s: float = 0.25  # how often counters are published
+    resync_interval_s: float = 2.0  # periodic full resync of operator state
+    heartbeat_ttl_s: float = 5.0  # a replica not seen for this long is gone
+    replica_id: str = ""  # empty: hostname-pid
+
+    @property
+    def redacted_url(self) -> str:
+        """The configured URL without its credentials, or ``$NAME`` for ``url_env``."""
+        if self.url:
+            return redacted_redis_url(self.url)
+        return f"${self.url_env}" if self.url_env else ""
+
+    def resolve_url(self, environ: Mapping[str, str] | None = None) -> str:
+        """The Redis URL to connect to: ``url``, else the value of the ``url_env`` variable.
+        Raises :class:`ConfigError` naming the key when neither gives a usable URL."""
+        if self.url:
+            return self.url
+        if not self.url_env:
+            raise ConfigError('state.url: required (or state.url_env) for backend = "redis"')
+        url = (os.environ if environ is None else environ).get(self.url_env, "")
+        if not url:
+            raise ConfigError(f"state.url_env: environment variable {self.url_env} is unset or "
+                              "empty")
+        problem = redis_url_problem(url)
+        if problem:
+            raise ConfigError(f"state.url_env: the value of {self.url_env} {problem} "
+                              f"(got {redacted_redis_url(url)})")
+        return url
+
+    def resolve_replica_id(self) -> str:
+        """``replica_id``, else ``hostname-pid`` (unique per process on one host)."""
+        return self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:  # what rich.pretty prints
+        return [(name, self.redacted_url if name == "url" and self.url else getattr(self, name))
+                for name in self.__struct_fields__]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
+        return f"StateConfig({fields})"
+
+
 class GatewayConfig(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     retry: RetryConfig = RetryConfig()
@@ -259,6 +352,7 @@ class GatewayConfig(_Section, frozen=True):
     usage: UsageConfig = UsageConfig()
     adaptive: AdaptiveConfig = AdaptiveConfig()
     admin: AdminConfig = AdminConfig()
+    state: StateConfig = StateConfig()
     clients: dict[str, ClientConfig] = {}  # empty: no client key required
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, ModelConfig] = {}
