@@ -6,14 +6,16 @@
 * what a classifier answers and the protocol the router asks it through;
 * one request's context as observers see it (attempts, failures, usage, outcome), and the
   observer protocol;
-* extensions (features started beside the core) and the chat policy an extension installs.
+* extensions (features started beside the core) and the chat policy an extension installs;
+* the shared-state protocol: live state the replicas of one deployment share (Redis/Valkey,
+  ``middleware/state/``); the memory backend is the absence of one (each process alone).
 
 ``tests/test_import_graph.py`` fails if this module imports anything from ``routegate``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -34,6 +36,10 @@ __all__ = [
     "ObserverRegistry",
     "RequestContext",
     "RequestOutcome",
+    "ReserveVerdict",
+    "SharedEvent",
+    "SharedState",
+    "StateUnavailable",
     "UpstreamFailure",
     "Usage",
 ]
@@ -205,5 +211,54 @@ class ChatPolicy(Protocol[ViewT, RequestT, PlanT]):
     installed by an extension as ``gateway.policy``; the request path fixes the types."""
 
     def route_view(self, ctx: RequestContext) -> ViewT: ...
-    def admit(self, ctx: RequestContext, request: RequestT, plan: PlanT) -> None: ...
+    async def admit(self, ctx: RequestContext, request: RequestT, plan: PlanT) -> None: ...
     def settle(self, ctx: RequestContext) -> None: ...
+
+
+# --- shared state ----------------------------------------------------------------------------
+
+
+class StateUnavailable(Exception):
+    """The shared state did not answer within its command timeout (or refused the connection)."""
+
+
+class SharedEvent(msgspec.Struct, frozen=True):
+    """One message to the other replicas (a replica never hears its own)."""
+
+    topic: str
+    origin: str  # the replica that sent it
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveVerdict:
+    outcome: Literal["ok", "rate", "daily", "monthly"]
+    spent: float = 0.0  # the day's (or month's) spend before this request
+    reserved: float = 0.0  # held by requests in flight (this one included when ok)
+    retry_after_s: float = 0.0
+
+
+class SharedState(Protocol):
+    """Live state shared by the replicas of one deployment. Budget checks are awaited (one
+    atomic step, bounded by a timeout, StateUnavailable past it); everything else is queued
+    and sent in batches, and arrives at the other replicas as :class:`SharedEvent`; routing
+    never waits on it. ``Client`` is the backend's client handed to flush and resync hooks."""
+
+    replica_id: str
+
+    async def reserve(self, client: str, hold_id: str, amount: float, *, daily_usd: float,
+                      monthly_usd: float, requests_per_minute: int, day: str, month: str,
+                      hold_ttl_s: float) -> ReserveVerdict: ...
+    def settle(self, client: str, hold_id: str, charged: float, *, day: str,
+               month: str) -> None: ...
+    async def client_totals(self, clients: list[str], day: str,
+                            month: str) -> dict[str, dict[str, float]]: ...
+    def publish(self, topic: str, payload: dict[str, Any]) -> None: ...
+    def subscribe(self, topic: str, handler: Callable[[SharedEvent], None]) -> None: ...
+    def add_flush_hook(self, hook: Callable[[Any], Awaitable[None]]) -> None: ...
+    def add_resync_hook(self, hook: Callable[[Any], Awaitable[None]]) -> None: ...
+    def set_heartbeat(self, describe: Callable[[], dict[str, Any]]) -> None: ...
+    async def replicas(self) -> dict[str, dict[str, Any]]: ...
+    def status(self) -> dict[str, object]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...

@@ -33,6 +33,16 @@ def pool_config(urls: dict[str, str], *,
 
     ``urls`` maps provider name to the fake's base URL (without /v1).
     """
+    return parse_config(pool_raw(urls, extra=extra, models=models, routes=routes,
+                                 timeouts=timeouts))
+
+
+def pool_raw(urls: dict[str, str], *,
+             extra: dict[str, Any] | None = None,
+             models: dict[str, dict[str, Any]] | None = None,
+             routes: dict[str, dict[str, Any]] | None = None,
+             timeouts: dict[str, float] | None = None) -> dict[str, Any]:
+    """:func:`pool_config`'s gateway.toml as a dict (for a config file)."""
     providers = {name: {"type": "openai", "base_url": url + "/v1",
                         "api_key_env": "ROUTEGATE_TEST_PROVIDER_KEY",
                         "timeouts": timeouts or FAST_TIMEOUTS}
@@ -58,7 +68,7 @@ def pool_config(urls: dict[str, str], *,
     }
     for key, value in (extra or {}).items():
         raw[key] = value
-    return parse_config(raw)
+    return raw
 
 
 def answer_text(response: httpx.Response) -> str:

@@ -21,11 +21,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from routegate.middleware.config import GatewayConfig
-from routegate.middleware.contracts import AttemptInfo, RequestContext, RequestOutcome
+from routegate.middleware.contracts import AttemptInfo, RequestContext, RequestOutcome, SharedState
 from routegate.middleware.operations.admin import ADMIN_BODY_LIMIT, AdminApi
 from routegate.middleware.operations.budgets import ClientLimiter, Reservation, reservation_usd
 from routegate.middleware.operations.feedback import FeedbackStore
-from routegate.middleware.operations.model_health import Controls, HealthObserver, HealthRegistry, LiveView
+from routegate.middleware.operations.model_health import (
+    Controls,
+    HealthObserver,
+    HealthRegistry,
+    LiveView,
+)
 from routegate.middleware.operations.operator import (
     JSONAnswer,
     OperatorApp,
@@ -97,6 +102,7 @@ class AdaptiveExtension:
         self.reconfiguring: asyncio.Task[None] | None = None  # sidecar re-learning routes
         self.admin = AdminApi(self)
         self._admin_mounted = False
+        self.shared: SharedState | None = None  # [state] backend = "redis"
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -122,6 +128,25 @@ class AdaptiveExtension:
         gateway.routes.append(Route(path, OperatorApp(gateway, operator_router([
             OperatorRoute(path, self._feedback, methods=["POST"])]), authenticate=True)))
         self.configure_admin(config)
+        if config.state.backend == "redis":
+            await self._share(gateway, config)
+
+    async def _share(self, gateway: Gateway, config: GatewayConfig) -> None:
+        """Connect to the shared state: budgets and limits go through it from now on."""
+        from routegate.middleware.state.redis_state import RedisState  # imports redis
+
+
+        state = config.state
+        self.shared = RedisState(state, state.resolve_url(), state.resolve_replica_id())
+        self.limiter.shared = self.shared
+        self.shared.set_heartbeat(self._heartbeat)
+        await self.shared.start()
+        gateway.status["state"] = self.shared.status
+
+    def _heartbeat(self) -> dict[str, object]:
+        """What this replica tells the fleet about itself (``/admin/stats``'s ``fleet``)."""
+        return {"started_at": self.started_at,
+                "requests": {m: t.requests_total for m, t in self.registry.models.items()}}
 
     def configure_admin(self, config: GatewayConfig) -> None:
         """``/admin`` exists only with a token: mounted in a host app, the host's own /admin
@@ -139,7 +164,8 @@ class AdaptiveExtension:
         return (self._environ(name) if name else None) or None
 
     async def stop(self) -> None:
-        pass
+        if self.shared is not None:
+            await self.shared.stop()
 
     # -- the gateway's chat policy ---------------------------------------------------------
     def route_view(self, ctx: RequestContext | None = None) -> LiveView | StaticView:
@@ -163,12 +189,13 @@ class AdaptiveExtension:
         return (token is not None and scheme.lower() == "bearer"
                 and hmac.compare_digest(given.strip().encode(), token.encode()))
 
-    def admit(self, ctx: RequestContext, request: ClientRequest, plan: Plan) -> None:
+    async def admit(self, ctx: RequestContext, request: ClientRequest, plan: Plan) -> None:
         """Reserve budget for the client ``authenticate`` found (429), claim breaker probes."""
         client = ctx.client
         if client is not None:
             models = [self.config.models[name] for name in plan.models]
-            ctx.state[_RESERVATION] = self.limiter.admit(client, reservation_usd(request, models))
+            ctx.state[_RESERVATION] = await self.limiter.reserve(
+                client, reservation_usd(request, models))
         probes = plan.probes
         if probes:
             self.registry.claim_probes(ctx.owner, probes)

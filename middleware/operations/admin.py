@@ -36,8 +36,8 @@ from starlette.routing import BaseRoute, Route
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
 from routegate.middleware.config import ConfigError, GatewayConfig, load_config, resolve_config_path
-from routegate.middleware.contracts import Classification
-from routegate.middleware.operations.budgets import ClientLimiter, reservation_usd
+from routegate.middleware.contracts import Classification, SharedState, StateUnavailable
+from routegate.middleware.operations.budgets import ClientLimiter, budget_period, reservation_usd
 from routegate.middleware.operations.feedback import FeedbackStore
 from routegate.middleware.operations.model_health import WINDOWS, Controls, HealthRegistry
 from routegate.middleware.operations.operator import (
@@ -85,6 +85,7 @@ class AdminHost(Protocol):
     controls: Controls
     limiter: ClientLimiter
     feedback: FeedbackStore
+    shared: SharedState | None
 
     @property
     def gateway(self) -> Gateway: ...
@@ -132,7 +133,11 @@ class AdminApi:
         await self.router({**scope, "path": path}, receive, send)  # /admin/stats/ as before
 
     async def _stats(self, request: Request) -> Response:
-        return JSONAnswer(self.stats())
+        stats = self.stats()
+        shared = self.ext.shared
+        if shared is not None:
+            stats["fleet"] = await fleet_stats(shared, self.ext.limiter, self.ext.wall())
+        return JSONAnswer(stats)
 
     async def _weights(self, request: Request) -> Response:
         if request.method == "PUT":
@@ -379,3 +384,16 @@ def _unknown_model(name: str) -> GatewayError:
 def _dashboard() -> bytes:
     return importlib.resources.files("routegate.middleware.operations").joinpath(
         "dashboard.html").read_bytes()
+
+
+async def fleet_stats(shared: SharedState, limiter: ClientLimiter, now: float) -> dict[str, Any]:
+    """The fleet as Redis knows it: every replica (alive or not) and the clients' fleet-wide
+    spend; ``available: false`` (and this replica's own numbers above) while it is down."""
+    try:
+        replicas = await shared.replicas()
+        clients = await shared.client_totals(sorted(limiter.accounts), *budget_period(now))
+    except StateUnavailable:
+        return {"available": False, "replica": shared.replica_id}
+    return {"available": True, "replica": shared.replica_id, "replicas": replicas,
+            "alive": sorted(name for name, info in replicas.items() if info["alive"]),
+            "clients": clients}

@@ -15,6 +15,11 @@ behind nor cancel each other's; a reservation is never below the prompt's own co
 
 ``requests_per_minute`` is a true sliding window: in any 60 seconds at most that many requests
 are admitted (no burst on top).
+
+With ``[state] backend = "redis"`` the same check-and-reserve runs as one script in Redis
+(:mod:`routegate.middleware.state.scripts`), so the guarantee holds across every replica; when
+Redis cannot be reached, ``on_unavailable`` says whether this replica admits on its own
+accounting ("open", the spend is sent to Redis once it is back) or refuses with 503 ("closed").
 """
 
 from __future__ import annotations
@@ -26,13 +31,24 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from routegate.middleware.config import ClientConfig, GatewayConfig, ModelConfig
+from routegate.middleware.contracts import SharedState, StateUnavailable
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.request.errors import GatewayError, Unauthorized
 
-__all__ = ["BudgetExceeded", "ClientLimiter", "RateLimited", "Reservation", "SlidingWindowLimit",
-           "hash_key", "reservation_usd"]
+__all__ = [
+    "BudgetExceeded",
+    "ClientLimiter",
+    "LimitsUnavailable",
+    "RateLimited",
+    "Reservation",
+    "SlidingWindowLimit",
+    "budget_period",
+    "hash_key",
+    "reservation_usd",
+]
 
 # Output tokens reserved when a request sets no max_tokens.
 DEFAULT_RESERVED_OUTPUT_TOKENS = 4096
@@ -53,6 +69,14 @@ class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class LimitsUnavailable(GatewayError):
+    """The shared budgets cannot be checked and ``on_unavailable = "closed"``."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "budget_unavailable"
 
 
 class SlidingWindowLimit:
@@ -98,6 +122,9 @@ class Reservation:
     client: str
     amount: float
     id: int = 0
+    hold: str = ""  # the hold's id in the shared state ("": held by this replica only)
+    day: str = ""  # the UTC day and month it was admitted in (what settling charges)
+    month: str = ""
 
 
 def reservation_usd(request: ClientRequest, models: list[ModelConfig]) -> float:
@@ -125,6 +152,9 @@ class ClientLimiter:
         self.accounts: dict[str, _Account] = {}
         self._by_digest: dict[str, str] = {}
         self._ids = itertools.count(1)
+        self.shared: SharedState | None = None  # set by the adaptive extension for "redis"
+        self.on_unavailable: Literal["open", "closed"] = "open"
+        self.hold_ttl_s = 480.0
         self.configure(config)
 
     @property
@@ -133,6 +163,11 @@ class ClientLimiter:
 
     def configure(self, config: GatewayConfig) -> None:
         """(Re)load client definitions; spending of clients that stay is kept."""
+        self.on_unavailable = config.state.on_unavailable
+        # A hold outlives its request by a margin: the longest a request can take (first byte
+        # deadline, then one attempt's total) plus a minute. A dead replica's holds expire then.
+        longest = max((p.timeouts.total_s for p in config.providers.values()), default=300.0)
+        self.hold_ttl_s = config.server.request_timeout_s + longest + 60.0
         accounts: dict[str, _Account] = {}
         for name, client in config.clients.items():
             account = self.accounts.get(name) or _Account(client)
@@ -165,8 +200,7 @@ class ClientLimiter:
         return name
 
     def _roll(self, account: _Account, now: float) -> None:
-        t = time.gmtime(now)
-        day, month = time.strftime("%Y-%m-%d", t), time.strftime("%Y-%m", t)
+        day, month = budget_period(now)
         if account.day != day:
             if account.day:
                 account.history[account.day] = account.spent_day
@@ -211,9 +245,57 @@ class ClientLimiter:
         account.requests += 1
         return reservation
 
+    async def reserve(self, client: str, amount: float) -> Reservation:
+        """:meth:`admit`, fleet-wide when the state is shared (one atomic step in Redis)."""
+        shared = self.shared
+        if shared is None:
+            return self.admit(client, amount)
+        if not 0.0 <= amount < math.inf:
+            raise ValueError(f"invalid reservation amount {amount!r}")
+        account = self.accounts.get(client)
+        if account is None:
+            raise Unauthorized("Invalid API key")
+        config = account.config
+        day, month = budget_period(self.wall())
+        hold = f"{shared.replica_id}:{next(self._ids)}"
+        try:
+            verdict = await shared.reserve(
+                client, hold, amount, daily_usd=config.daily_usd, monthly_usd=config.monthly_usd,
+                requests_per_minute=config.requests_per_minute, day=day, month=month,
+                hold_ttl_s=self.hold_ttl_s)
+        except StateUnavailable:
+            if self.on_unavailable == "closed":
+                account.rejected += 1
+                raise LimitsUnavailable("Budgets cannot be checked right now (shared state "
+                                        "unreachable); retry shortly",
+                                        headers={"retry-after": "1"}) from None
+            return self.admit(client, amount)  # this replica's own accounting until it is back
+        if verdict.outcome == "rate":
+            account.rejected += 1
+            seconds = max(1, math.ceil(verdict.retry_after_s))
+            raise RateLimited(f"Rate limit of {config.requests_per_minute} requests per minute "
+                              f"reached for client `{client}`; retry in {seconds}s",
+                              headers={"retry-after": str(seconds)})
+        if verdict.outcome != "ok":
+            account.rejected += 1
+            limit = config.daily_usd if verdict.outcome == "daily" else config.monthly_usd
+            raise BudgetExceeded(
+                f"The {verdict.outcome} budget of ${limit:g} for client `{client}` is exhausted "
+                f"(spent ${verdict.spent:.4f}, ${verdict.reserved:.4f} reserved by requests in "
+                f"flight, this request may cost up to ${amount:.4f})")
+        account.requests += 1
+        return Reservation(client, amount, 0, hold, day, month)
+
     def settle(self, reservation: Reservation, cost: float | None) -> None:
         """Release exactly this reservation and charge the real cost (the reservation when
         unknown). A second settle of the same reservation does nothing."""
+        if reservation.hold:
+            charged = reservation.amount if cost is None or not math.isfinite(cost) else max(
+                0.0, cost)
+            if self.shared is not None:
+                self.shared.settle(reservation.client, reservation.hold, charged,
+                                   day=reservation.day, month=reservation.month)
+            return
         account = self.accounts.get(reservation.client)
         if account is None:  # removed by a reload while in flight
             return
@@ -226,6 +308,9 @@ class ClientLimiter:
         charged = held if cost is None or not math.isfinite(cost) else max(0.0, cost)
         account.spent_day += charged
         account.spent_month += charged
+        if self.shared is not None:  # admitted while Redis was down: its spend counts there too
+            day, month = budget_period(self.wall())
+            self.shared.settle(reservation.client, "", charged, day=day, month=month)
 
     def stats(self) -> dict[str, dict[str, float | int]]:
         now = self.wall()
@@ -241,3 +326,9 @@ class ClientLimiter:
                          "requests": account.requests, "rejected": account.rejected,
                          "in_flight": len(account.holds)}
         return out
+
+
+def budget_period(now: float) -> tuple[str, str]:
+    """The UTC day and month budgets count in."""
+    t = time.gmtime(now)
+    return time.strftime("%Y-%m-%d", t), time.strftime("%Y-%m", t)

@@ -262,7 +262,7 @@ class Gateway:
                           None if policy is None else policy.route_view(ctx))
         if policy is None:
             return await self._relay.run(ctx, request, plan.models, send, receive)
-        policy.admit(ctx, request, plan)  # budget reservation (429), breaker probes
+        await policy.admit(ctx, request, plan)  # budget reservation (429), breaker probes
         try:
             return await self._relay.run(ctx, request, plan.models, send,
                                          receive)

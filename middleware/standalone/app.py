@@ -56,13 +56,17 @@ class GatewayApp(Starlette):
     async def _readyz(self, request: Request) -> Response:
         """200 when the gateway can serve (models available, local model alive), else 503."""
         gateway = self.gateway
+        parts = {name: describe() for name, describe in gateway.status.items()}
+        # degraded: serving, but a part it shares state through is down (see [state])
+        degraded = any(isinstance(part, dict) and part.get("degraded") for part in parts.values())
+        status = "degraded" if degraded else "ready"
         return JSONAnswer({
-            "status": "ready" if gateway.ready else "not_ready",
+            "status": status if gateway.ready else "not_ready",
             "available_models": sorted(gateway.available),
             "skipped_providers": gateway.skipped_providers,
             "local_model": None if gateway.local is None else
             ("alive" if gateway.local.alive else "down"),
-            **{name: describe() for name, describe in gateway.status.items()},
+            **parts,
         }, 200 if gateway.ready else 503)
 
 

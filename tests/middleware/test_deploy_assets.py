@@ -25,8 +25,8 @@ import yaml
 from redis.exceptions import AuthenticationError
 
 from bench.fakes import FakeProvider, serve_in_thread
-from routegate.middleware.standalone.cli import build_parser
 from routegate.middleware.config import GatewayConfig, load_config
+from routegate.middleware.standalone.cli import build_parser
 from routegate.sidecar.convert import default_model_path
 from tests.conftest import pool_config, running_gateway
 from tests.redis_harness import free_port, running_redis

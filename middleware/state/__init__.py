@@ -1,0 +1,1 @@
+"""Live state shared by replicas: ``[state] backend = "redis"`` (memory needs nothing here)."""
