@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -152,6 +153,8 @@ class ClientLimiter:
         self.accounts: dict[str, _Account] = {}
         self._by_digest: dict[str, str] = {}
         self._ids = itertools.count(1)
+        # in shared hold ids: unique across restarts even when a replica keeps its name
+        self._boot = secrets.token_hex(4)
         self.shared: SharedState | None = None  # set by the adaptive extension for "redis"
         self.on_unavailable: Literal["open", "closed"] = "open"
         self.hold_ttl_s = 480.0
@@ -257,13 +260,15 @@ class ClientLimiter:
             raise Unauthorized("Invalid API key")
         config = account.config
         day, month = budget_period(self.wall())
-        hold = f"{shared.replica_id}:{next(self._ids)}"
+        hold = f"{shared.replica_id}:{self._boot}:{next(self._ids)}"
         try:
             verdict = await shared.reserve(
                 client, hold, amount, daily_usd=config.daily_usd, monthly_usd=config.monthly_usd,
                 requests_per_minute=config.requests_per_minute, day=day, month=month,
                 hold_ttl_s=self.hold_ttl_s)
         except StateUnavailable:
+            # Redis may still have run it (a timeout, not a refusal): cancel that hold for sure
+            shared.settle(client, hold, 0.0, day=day, month=month)
             if self.on_unavailable == "closed":
                 account.rejected += 1
                 raise LimitsUnavailable("Budgets cannot be checked right now (shared state "
@@ -308,9 +313,11 @@ class ClientLimiter:
         charged = held if cost is None or not math.isfinite(cost) else max(0.0, cost)
         account.spent_day += charged
         account.spent_month += charged
-        if self.shared is not None:  # admitted while Redis was down: its spend counts there too
+        shared = self.shared
+        if shared is not None:  # admitted while Redis was down: its spend counts there too
             day, month = budget_period(self.wall())
-            self.shared.settle(reservation.client, "", charged, day=day, month=month)
+            shared.settle(reservation.client, f"{shared.replica_id}:{self._boot}:local:{reservation.id}",
+                          charged, day=day, month=month)
 
     def stats(self) -> dict[str, dict[str, float | int]]:
         now = self.wall()

@@ -177,8 +177,9 @@ class RedisState:
 
     def settle(self, client: str, hold_id: str, charged: float, *, day: str, month: str) -> None:
         """Release the hold and charge ``charged`` USD with the next flush (kept while Redis
-        is down; ``hold_id`` "" charges without a hold: spend made while it was down)."""
+        is down, sent again until Redis confirms; charged once per ``hold_id``)."""
         keys = self._client_keys(client, day, month)[:4]
+        keys.append(self.key(f"c:{client}:settled:{hold_id}"))
         self._settles.append((keys, [hold_id, repr(charged)]))
         if len(self._settles) > MAX_QUEUED:
             del self._settles[0]

@@ -12,6 +12,7 @@ Keys of one client (``{prefix}c:{client}:...``):
   month      STRING  USD spent this UTC month (expires after 400 days)
   rate       ZSET  admission id -> time (ms): the sliding minute (expires after it)
   counts     HASH  requests, rejected
+  settled:ID STRING  a settled hold (a day), so a settle sent twice charges once
 """
 
 from __future__ import annotations
@@ -68,16 +69,20 @@ redis.call('PEXPIRE', KEYS[6], 3024000000)
 return {'ok', tostring(spent_day), tostring(reserved + amount)}
 """
 
-# KEYS: holds, amounts, day, month
+# KEYS: holds, amounts, day, month, settled marker of this hold
 # ARGV: hold id, USD to charge (the real cost, or the reservation when the cost is unknown)
-# The replica settles each hold once; the charge stands even when the hold had expired (the
-# answer was served), so a slow stream is never free.
+# Idempotent per hold id: a settle the replica sent again (its first try timed out, but Redis
+# had run it) charges nothing the second time. The charge stands even when the hold had
+# expired (the answer was served), so a slow stream is never free.
 SETTLE = """
+if not redis.call('SET', KEYS[5], '1', 'NX', 'EX', 86400) then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('INCRBYFLOAT', KEYS[3], ARGV[2])
-redis.call('EXPIRE', KEYS[3], 3456000)
-redis.call('INCRBYFLOAT', KEYS[4], ARGV[2])
-redis.call('EXPIRE', KEYS[4], 34560000)
+if tonumber(ARGV[2]) ~= 0 then
+  redis.call('INCRBYFLOAT', KEYS[3], ARGV[2])
+  redis.call('EXPIRE', KEYS[3], 3456000)
+  redis.call('INCRBYFLOAT', KEYS[4], ARGV[2])
+  redis.call('EXPIRE', KEYS[4], 34560000)
+end
 return 1
 """
