@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,12 +29,12 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.exceptions import NoScriptError, RedisError
 
 from routegate.middleware.contracts import ReserveVerdict, SharedEvent, StateUnavailable
-from routegate.middleware.state.scripts import RESERVE, SETTLE
+from routegate.middleware.state.scripts import RESERVE, SETTLE_BATCH
 
 __all__ = ["RedisState", "StateSettings"]
 
@@ -79,13 +80,12 @@ class RedisState:
         pool = redis.BlockingConnectionPool.from_url(
             url, max_connections=MAX_CONNECTIONS, timeout=None,
             socket_connect_timeout=settings.connect_timeout_s,
-            socket_timeout=settings.command_timeout_s, retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 0),  # call() bounds every command: no second timeout
             health_check_interval=0, client_name=f"routegate:{replica_id}")
         self._redis = redis.Redis(connection_pool=pool)
-        self._reserve = self._redis.register_script(RESERVE)
-        self._settle = self._redis.register_script(SETTLE)
+        self._scripts = {RESERVE: _sha(RESERVE), SETTLE_BATCH: _sha(SETTLE_BATCH)}
         self._channel = f"{self.prefix}events"
-        self._settles: list[tuple[list[str], list[str]]] = []
+        self._settles: list[tuple[str, str, str, str, str]] = []
         self._outbox: list[bytes] = []
         self._handlers: dict[str, list[Callable[[SharedEvent], None]]] = {}
         self._flush_hooks: list[Callable[[redis.Redis], Awaitable[None]]] = []
@@ -150,20 +150,30 @@ class RedisState:
             self.available, self.down_since = True, None
             self._wake.set()  # send what queued up while it was down
 
+    async def _run(self, r: redis.Redis, script: str, *args: str, keys: int) -> Any:
+        """EVALSHA, loading the script once if this Redis does not know it (a restart)."""
+        try:
+            return await r.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._scripts[script], keys, *args)
+        except NoScriptError:
+            await r.script_load(script)
+            return await r.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._scripts[script], keys, *args)
+
     # -- budgets and rate limits -----------------------------------------------------------
     def _client_keys(self, client: str, day: str, month: str) -> list[str]:
         base = self.key(f"c:{client}:")
         return [base + "holds", base + "amounts", base + f"day:{day}", base + f"month:{month}",
-                base + "rate", base + "counts"]
+                base + "rate", base + "counts", base + "reserved"]
 
     async def reserve(self, client: str, hold_id: str, amount: float, *, daily_usd: float,
                       monthly_usd: float, requests_per_minute: int, day: str, month: str,
                       hold_ttl_s: float) -> ReserveVerdict:
         """Rate limit, then hold ``amount`` against the budgets, as one atomic step."""
         keys = self._client_keys(client, day, month)
-        args = [repr(amount), hold_id, str(int(hold_ttl_s * 1000)), repr(daily_usd),
-                repr(monthly_usd), str(requests_per_minute), "60000"]
-        reply = await self.call(lambda r: self._reserve(keys=keys, args=args, client=r))
+        reply = await self.call(lambda r: self._run(
+            r, RESERVE, *keys, repr(amount), hold_id, str(int(hold_ttl_s * 1000)),
+            repr(daily_usd), repr(monthly_usd), str(requests_per_minute), "60000", keys=7))
         outcome = _text(reply[0])
         if outcome == "rate":
             return ReserveVerdict("rate", retry_after_s=float(_text(reply[1])) / 1000)
@@ -178,9 +188,7 @@ class RedisState:
     def settle(self, client: str, hold_id: str, charged: float, *, day: str, month: str) -> None:
         """Release the hold and charge ``charged`` USD with the next flush (kept while Redis
         is down, sent again until Redis confirms; charged once per ``hold_id``)."""
-        keys = self._client_keys(client, day, month)[:4]
-        keys.append(self.key(f"c:{client}:settled:{hold_id}"))
-        self._settles.append((keys, [hold_id, repr(charged)]))
+        self._settles.append((client, hold_id, repr(charged), day, month))
         if len(self._settles) > MAX_QUEUED:
             del self._settles[0]
             log.error("shared state: settle queue full, oldest charge dropped")
@@ -191,8 +199,8 @@ class RedisState:
         async def read(r: redis.Redis) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             for client in clients:
-                _, amounts, day_key, month_key, _, counts = self._client_keys(client, day,
-                                                                                  month)
+                _, amounts, day_key, month_key, _, counts, _ = self._client_keys(client, day,
+                                                                                     month)
                 pipe.get(day_key)
                 pipe.get(month_key)
                 pipe.hvals(amounts)
@@ -262,9 +270,10 @@ class RedisState:
         beat = _events.encode(self._heartbeat())
 
         async def send(r: redis.Redis) -> None:
+            if settles:
+                await self._run(r, SETTLE_BATCH, self.prefix,
+                                *(value for settle in settles for value in settle), keys=0)
             pipe = r.pipeline(transaction=False)
-            for keys, args in settles:
-                await self._settle(keys=keys, args=args, client=pipe)
             for message in outbox:
                 pipe.publish(self._channel, message)
             pipe.set(self.key(f"replica:{self.replica_id}"), beat, px=int(ttl * 1000))
@@ -334,6 +343,10 @@ class RedisState:
                 handler(event)
             except Exception:
                 log.exception("shared state: handler for %r failed", event.topic)
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()  # what Redis names a loaded script by
 
 
 def _text(value: object) -> str:
