@@ -198,21 +198,13 @@ class FeedbackStore:
                               f"retry in {seconds}s", headers={"retry-after": str(seconds)})
         limit.add(now)
 
-    def apply(self, body: bytes, categories: tuple[str, ...], *, client: str | None = None,
-              admin_clients: Iterable[str | None] | None = None) -> dict[str, object]:
-        """Validate and record one feedback body of ``client``; with the admin token
-        (``admin_clients``: every client there is) any client's request may be scored.
-        Returns what was recorded."""
-        feedback, score, owners = self._parse(body, categories, client, admin_clients)
-        found = self._find(feedback.request_id, feedback.trace_id, owners)
-        if found is None:
-            raise not_found()
-        return self.vote(found[1], score, feedback.category)
-
     async def submit(self, body: bytes, categories: tuple[str, ...], *,
                      client: str | None = None,
                      admin_clients: Iterable[str | None] | None = None) -> dict[str, object]:
-        """:meth:`apply`, and for a request this replica does not know, the fleet's."""
+        """Validate and record one feedback body of ``client``; with the admin token
+        (``admin_clients``: every client there is) any client's request may be scored. A
+        request this replica does not know is looked up in the fleet's memory, if there is
+        one. Returns what was recorded."""
         feedback, score, owners = self._parse(body, categories, client, admin_clients)
         found = self._find(feedback.request_id, feedback.trace_id, owners)
         if found is not None:
