@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 import redis
@@ -87,7 +88,9 @@ def test_weights_pins_and_disabled_models_reach_every_replica(
                          f"the resync on replica {replica}")
 
 
-def test_admin_changes_need_the_shared_state(fleet: Fleet, redis_server: RedisServer) -> None:
+def test_with_redis_down_fleet_wide_steps_say_503(fleet: Fleet,
+                                                  redis_server: RedisServer) -> None:
+    assert asyncio.run(_answered(fleet, 0, ALICE, "down-1")) == "cheap"
     redis_server.kill()
     refused = fleet.wait_until(
         lambda: (r := fleet.admin(1, "POST", "/admin/models/cheap/disable")).status_code
@@ -97,6 +100,14 @@ def test_admin_changes_need_the_shared_state(fleet: Fleet, redis_server: RedisSe
     # nothing changed anywhere, and routing goes on
     assert fleet.admin(1, "GET", "/admin/weights").json()["disabled"] == []
     assert _plan(fleet, 1)[0] == "cheap"
+    # a reload happens here, and says the others were not told
+    reload = fleet.admin(2, "POST", "/admin/reload")
+    assert reload.status_code == 503 and "this replica only" in reload.json()["error"]["message"]
+    # feedback: the replica that answered needs no Redis; another one cannot look it up
+    assert _vote(fleet, 0, ALICE, "down-1", 1.0).status_code == 200
+    elsewhere = _vote(fleet, 1, ALICE, "down-1", 1.0)
+    assert elsewhere.status_code == 503, elsewhere.text
+    assert elsewhere.json()["error"]["code"] == "state_unavailable"
 
 
 def test_reload_through_one_replica_reloads_them_all(fleet: Fleet,
@@ -137,8 +148,6 @@ async def _answered(fleet: Fleet, replica: int, key: str, request_id: str) -> st
 
 
 def _vote(fleet: Fleet, replica: int, key: str, request_id: str, score: float) -> Any:
-    import httpx
-
     return httpx.post(fleet.urls[replica] + "/v1/feedback", timeout=10.0,
                       headers={"authorization": f"Bearer {key}"},
                       json={"request_id": request_id, "score": score})
