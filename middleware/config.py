@@ -149,6 +149,7 @@ def _check_state(state: StateConfig) -> None:
     _within("state.flush_interval_s", state.flush_interval_s, 0.05, 5.0)
     _within("state.resync_interval_s", state.resync_interval_s, 0.5, 60.0)
     _within("state.heartbeat_ttl_s", state.heartbeat_ttl_s, 1.0, 300.0)
+    _within("state.feedback_ttl_s", state.feedback_ttl_s, 10.0, 7 * 86_400.0)
     if state.heartbeat_ttl_s <= state.flush_interval_s:  # else live replicas would expire
         raise ConfigError("state.heartbeat_ttl_s: must exceed state.flush_interval_s")
     for key, value in (("key_prefix", state.key_prefix), ("replica_id", state.replica_id)):

@@ -303,6 +303,7 @@ class StateConfig(_Section, frozen=True):
     flush_interval_s: float = 0.25  # how often counters are published
     resync_interval_s: float = 2.0  # periodic full resync of operator state
     heartbeat_ttl_s: float = 5.0  # a replica not seen for this long is gone
+    feedback_ttl_s: float = 3600.0  # answered requests kept in Redis for /v1/feedback
     replica_id: str = ""  # empty: hostname-pid
 
     @property

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from routegate.middleware.config import GatewayConfig
 from routegate.middleware.contracts import AttemptInfo, RequestContext, RequestOutcome, SharedState
 from routegate.middleware.operations.admin import ADMIN_BODY_LIMIT, AdminApi
+from routegate.middleware.operations.admin_fleet import FleetControls
 from routegate.middleware.operations.budgets import ClientLimiter, Reservation, reservation_usd
 from routegate.middleware.operations.feedback import FeedbackStore
 from routegate.middleware.operations.model_health import (
@@ -103,6 +104,7 @@ class AdaptiveExtension:
         self.admin = AdminApi(self)
         self._admin_mounted = False
         self.shared: SharedState | None = None  # [state] backend = "redis"
+        self.operator_sync: FleetControls | None = None  # weights, pins, reloads: the fleet's
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -133,20 +135,23 @@ class AdaptiveExtension:
 
     async def _share(self, gateway: Gateway, config: GatewayConfig) -> None:
         """Connect to the shared state: budgets and limits go through it from now on."""
+        from routegate.middleware.state.operator_sync import share_operator_state
         from routegate.middleware.state.redis_state import RedisState  # imports redis
 
 
         state = config.state
         self.shared = RedisState(state, state.resolve_url(), state.resolve_replica_id())
         self.limiter.shared = self.shared
+        self.operator_sync = share_operator_state(self.shared, self)
         self.shared.set_heartbeat(self._heartbeat)
         await self.shared.start()
         gateway.status["state"] = self.shared.status
 
     def _heartbeat(self) -> dict[str, object]:
         """What this replica tells the fleet about itself (``/admin/stats``'s ``fleet``)."""
-        return {"started_at": self.started_at,
-                "requests": {m: t.requests_total for m, t in self.registry.models.items()}}
+        return {"started_at": self.started_at, "reloaded_at": self.reloaded_at,
+                "requests": {m: t.requests_total for m, t in self.registry.models.items()},
+                "feedback_received": self.feedback.received}
 
     def configure_admin(self, config: GatewayConfig) -> None:
         """``/admin`` exists only with a token: mounted in a host app, the host's own /admin
@@ -216,7 +221,7 @@ class AdaptiveExtension:
         if not admin:
             self.feedback.check_rate(ctx.client, self.config.adaptive.feedback_per_minute)
         body = await read_body(request.receive, ADMIN_BODY_LIMIT)
-        return JSONAnswer(self.feedback.apply(
+        return JSONAnswer(await self.feedback.submit(
             body, self.config.categories, client=ctx.client,
             admin_clients=(None, *self.config.clients) if admin else None))
 

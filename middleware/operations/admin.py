@@ -17,6 +17,12 @@ token is the value of the environment variable named by ``admin.token_env``; wit
 whole ``/admin`` tree does not exist (404). The compare is constant-time and runs before any
 route is looked up or a body read. The routes are Starlette's (``middleware/operations/operator.py``):
 a known path with the wrong method is a 405 with ``allow``.
+
+With ``[state] backend = "redis"`` weights, pins, disabled models and reloads are the fleet's
+(``middleware/state/operator_sync.py``): a change is written to Redis before it is applied, and
+while Redis does not answer it is refused with 503 ``state_unavailable``, changing nothing on any
+replica (a reload is done here first and says so in its 503). ``/admin/stats`` adds ``fleet``:
+every replica's heartbeat, which ones are alive, and their numbers summed.
 """
 
 
@@ -37,8 +43,9 @@ from starlette.routing import BaseRoute, Route
 from routegate.middleware.asgi_types import Receive, Scope, Send
 from routegate.middleware.config import ConfigError, GatewayConfig, load_config, resolve_config_path
 from routegate.middleware.contracts import Classification, SharedState, StateUnavailable
-from routegate.middleware.operations.budgets import ClientLimiter, budget_period, reservation_usd
-from routegate.middleware.operations.feedback import FeedbackStore
+from routegate.middleware.operations.admin_fleet import FleetControls, apply_change, fleet_stats
+from routegate.middleware.operations.budgets import ClientLimiter, reservation_usd
+from routegate.middleware.operations.feedback import FeedbackStore, SharedStateDown
 from routegate.middleware.operations.model_health import WINDOWS, Controls, HealthRegistry
 from routegate.middleware.operations.operator import (
     JSONAnswer,
@@ -86,6 +93,7 @@ class AdminHost(Protocol):
     limiter: ClientLimiter
     feedback: FeedbackStore
     shared: SharedState | None
+    operator_sync: FleetControls | None
 
     @property
     def gateway(self) -> Gateway: ...
@@ -141,19 +149,21 @@ class AdminApi:
 
     async def _weights(self, request: Request) -> Response:
         if request.method == "PUT":
-            return JSONAnswer(self.put_weight(await read_body(request.receive, ADMIN_BODY_LIMIT)))
+            return JSONAnswer(await self.put_weight(
+                await read_body(request.receive, ADMIN_BODY_LIMIT)))
         if request.method == "DELETE":
             query = request.query_params
-            cleared = self.ext.controls.clear(query.get("model", ""),
-                                              query.get("category") or "*")
+            key = (query.get("model", ""), query.get("category") or "*")
+            cleared = key in self.ext.controls.active()
+            await self.commit({key: None})
             return JSONAnswer({"cleared": cleared, **self.weights()})
         return JSONAnswer(self.weights())
 
     async def _enable(self, request: Request) -> Response:
-        return JSONAnswer(self.set_enabled(request.path_params["name"], True))
+        return JSONAnswer(await self.set_enabled(request.path_params["name"], True))
 
     async def _disable(self, request: Request) -> Response:
-        return JSONAnswer(self.set_enabled(request.path_params["name"], False))
+        return JSONAnswer(await self.set_enabled(request.path_params["name"], False))
 
     async def _reset(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -164,8 +174,17 @@ class AdminApi:
         return JSONAnswer({"model": name, "breaker": "closed"})
 
     async def _reload(self, request: Request) -> Response:
-        return JSONAnswer(self.reload(
-            allow_shrink=request.query_params.get("allow_shrink") == "true"))
+        allow_shrink = request.query_params.get("allow_shrink") == "true"
+        answer = self.reload(allow_shrink=allow_shrink)
+        sync = self.ext.operator_sync
+        if sync is not None:  # the others reload their own file, with their own checks
+            try:
+                answer["fleet_reload"] = await sync.reloaded(allow_shrink)
+            except StateUnavailable:
+                raise SharedStateDown(
+                    "Reloaded on this replica only: the shared state (Redis) is unavailable, "
+                    "so the other replicas were not told; reload again when it is back") from None
+        return JSONAnswer(answer)
 
     async def _explain(self, request: Request) -> Response:
         chat = await self.ext.gateway.read_chat_request(request.scope, request.receive)
@@ -231,7 +250,13 @@ class AdminApi:
                               for (m, c), o in sorted(self.ext.controls.active().items())],
                 "disabled": sorted(self.ext.controls.disabled)}
 
-    def put_weight(self, body: bytes) -> dict[str, Any]:
+    async def commit(self, overrides: dict[tuple[str, str], Override | None] | None = None,
+                     disabled: dict[str, bool] | None = None) -> None:
+        """Apply an operator change (with a fleet: everywhere, or 503 and nowhere)."""
+        await apply_change(self.ext.controls, self.ext.operator_sync, overrides or {},
+                           disabled or {})
+
+    async def put_weight(self, body: bytes) -> dict[str, Any]:
         try:
             change = _weight_decoder.decode(body)
         except msgspec.DecodeError as exc:
@@ -252,20 +277,15 @@ class AdminApi:
                 raise InvalidRequest(f"`ttl_s` must be within (0, {MAX_TTL_S:g}] seconds "
                                      "(30 days)", param="ttl_s")
             expires = now + change.ttl_s
-        if change.weight is None and not change.pin:
-            self.ext.controls.clear(change.model, change.category)
-        else:
-            self.ext.controls.set(change.model, change.category,
-                                  Override(change.weight, change.pin, expires))
+        clears = change.weight is None and not change.pin
+        await self.commit({(change.model, change.category):
+                           None if clears else Override(change.weight, change.pin, expires)})
         return self.weights()
 
-    def set_enabled(self, model: str, enabled: bool) -> dict[str, Any]:
+    async def set_enabled(self, model: str, enabled: bool) -> dict[str, Any]:
         if model not in self.ext.config.models:
             raise _unknown_model(model)
-        if enabled:
-            self.ext.controls.disabled.discard(model)
-        else:
-            self.ext.controls.disabled.add(model)
+        await self.commit(disabled={model: not enabled})
         return self.weights()
 
     def reload(self, allow_shrink: bool = False) -> dict[str, Any]:
@@ -384,16 +404,3 @@ def _unknown_model(name: str) -> GatewayError:
 def _dashboard() -> bytes:
     return importlib.resources.files("routegate.middleware.operations").joinpath(
         "dashboard.html").read_bytes()
-
-
-async def fleet_stats(shared: SharedState, limiter: ClientLimiter, now: float) -> dict[str, Any]:
-    """The fleet as Redis knows it: every replica (alive or not) and the clients' fleet-wide
-    spend; ``available: false`` (and this replica's own numbers above) while it is down."""
-    try:
-        replicas = await shared.replicas()
-        clients = await shared.client_totals(sorted(limiter.accounts), *budget_period(now))
-    except StateUnavailable:
-        return {"available": False, "replica": shared.replica_id}
-    return {"available": True, "replica": shared.replica_id, "replicas": replicas,
-            "alive": sorted(name for name, info in replicas.items() if info["alive"]),
-            "clients": clients}

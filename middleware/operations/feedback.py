@@ -13,14 +13,20 @@ may score it; trace IDs (unique, made by the gateway) live in their own map. Eac
 holds one vote: a later vote replaces the earlier one in the quality window, which therefore
 counts distinct requests, not votes. Each client may post ``adaptive.feedback_per_minute``
 times in any minute.
+
+With ``[state] backend = "redis"`` (``middleware/state/feedback_sync.py``) the answered
+requests also go to Redis, and a replica that does not know a request asks there: the vote
+then goes to the replica that answered it, so one request still holds one vote fleet-wide.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Iterable
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 
@@ -29,7 +35,7 @@ from routegate.middleware.operations.budgets import RateLimited, SlidingWindowLi
 from routegate.middleware.operations.model_health import HealthRegistry
 from routegate.middleware.request.errors import GatewayError, InvalidRequest
 
-__all__ = ["Answered", "FeedbackBody", "FeedbackStore"]
+__all__ = ["Answered", "FeedbackBody", "FeedbackStore", "FleetFeedback", "SharedStateDown"]
 
 _Key = tuple[str | None, str]  # (client name, request ID)
 
@@ -49,6 +55,7 @@ class _Entry:
     score: float | None = None  # the vote in the quality window
     voted_at: float = 0.0  # registry clock when it went in
     voted_category: str | None = None
+    voted_wall: float = 0.0  # unix time the vote was received (orders a replica's votes)
 
 
 class FeedbackBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,15 +73,40 @@ _decoder = msgspec.json.Decoder(FeedbackBody)
 _NOT_FOUND = "No answered request with that ID is remembered (unknown, failed or too old)"
 
 
+class SharedStateDown(GatewayError):
+    """A fleet-wide step (an operator change, feedback for another replica's answer) needs the
+    shared state, and it did not answer within its timeout: nothing was changed."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "state_unavailable"
+
+
+def not_found() -> GatewayError:
+    return GatewayError(_NOT_FOUND, status=404, code="request_not_found")
+
+
+class FleetFeedback(Protocol):
+    """The requests the other replicas answered (``[state] backend = "redis"``)."""
+
+    async def vote(self, feedback: FeedbackBody, score: float,
+                   owners: tuple[str | None, ...], at: float) -> dict[str, object]: ...
+
+
 class FeedbackStore:
     """(client, request ID) -> the answer and its vote, the least recently answered forgotten
     past ``capacity``. An OrderedDict: forgetting the oldest is O(1) (a plain dict's first key
     is found by skipping every deleted slot before it: measured 18 -> 144 µs per request once
     100,000 IDs were held), and a client's reused ``x-request-id`` moves to the young end."""
 
-    def __init__(self, registry: HealthRegistry, capacity: int = 100_000) -> None:
+    def __init__(self, registry: HealthRegistry, capacity: int = 100_000,
+                 wall: Callable[[], float] = time.time) -> None:
         self.registry = registry
+        self.wall = wall
         self.capacity = max(1, capacity)
+        # with a fleet: answered requests waiting for the next flush to Redis, and Redis itself
+        self.pending: deque[tuple[_Key, _Entry]] | None = None
+        self.fleet: FleetFeedback | None = None
         self._answered: OrderedDict[_Key, _Entry] = OrderedDict()  # oldest first
         self._traces: dict[str, _Key] = {}  # trace ID -> the request it belongs to
         self._shared: dict[tuple[str, str | None], Answered] = {}  # one per (model, category)
@@ -102,6 +134,24 @@ class FeedbackStore:
             self._traces[entry.trace_id] = key
         while len(answered_map) > self.capacity:
             self._forget_trace(*answered_map.popitem(last=False))
+        if self.pending is not None:
+            self.pending.append((key, entry))
+
+    def adopt(self, key: _Key, model: str, category: str | None,
+              trace_id: str | None = None) -> _Entry:
+        """The entry of a request another replica answered (this one now holds its vote)."""
+        entry = self._answered.get(key)
+        if entry is None or entry.answered.model != model:
+            shared = (model, category)
+            answered = self._shared.get(shared)
+            if answered is None:
+                answered = self._shared[shared] = Answered(*shared)
+            entry = self._answered[key] = _Entry(answered, trace_id)
+            if trace_id is not None:
+                self._traces[trace_id] = key
+            while len(self._answered) > self.capacity:
+                self._forget_trace(*self._answered.popitem(last=False))
+        return entry
 
     def _forget_trace(self, key: _Key, entry: _Entry) -> None:
         if entry.trace_id is not None and self._traces.get(entry.trace_id) == key:
@@ -148,11 +198,24 @@ class FeedbackStore:
                               f"retry in {seconds}s", headers={"retry-after": str(seconds)})
         limit.add(now)
 
-    def apply(self, body: bytes, categories: tuple[str, ...], *, client: str | None = None,
-              admin_clients: Iterable[str | None] | None = None) -> dict[str, object]:
+    async def submit(self, body: bytes, categories: tuple[str, ...], *,
+                     client: str | None = None,
+                     admin_clients: Iterable[str | None] | None = None) -> dict[str, object]:
         """Validate and record one feedback body of ``client``; with the admin token
-        (``admin_clients``: every client there is) any client's request may be scored.
-        Returns what was recorded."""
+        (``admin_clients``: every client there is) any client's request may be scored. A
+        request this replica does not know is looked up in the fleet's memory, if there is
+        one. Returns what was recorded."""
+        feedback, score, owners = self._parse(body, categories, client, admin_clients)
+        found = self._find(feedback.request_id, feedback.trace_id, owners)
+        if found is not None:
+            return self.vote(found[1], score, feedback.category)
+        if self.fleet is None:
+            raise not_found()
+        return await self.fleet.vote(feedback, score, owners, self.wall())
+
+    def _parse(self, body: bytes, categories: tuple[str, ...], client: str | None,
+               admin_clients: Iterable[str | None] | None
+               ) -> tuple[FeedbackBody, float, tuple[str | None, ...]]:
         try:
             feedback = _decoder.decode(body)
         except msgspec.DecodeError as exc:
@@ -170,17 +233,25 @@ class FeedbackStore:
         if feedback.category is not None and feedback.category not in categories:
             raise InvalidRequest(f"Unknown category `{feedback.category}`", param="category")
         if admin_clients is None:
-            owners: Iterable[str | None] = (client,)  # another client's IDs look unknown
+            owners: tuple[str | None, ...] = (client,)  # another client's IDs look unknown
         else:
-            owners = (feedback.client,) if feedback.client is not None else admin_clients
-        found = self._find(feedback.request_id, feedback.trace_id, owners)
-        if found is None:
-            raise GatewayError(_NOT_FOUND, status=404, code="request_not_found")
-        entry = found[1]
+            owners = ((feedback.client,) if feedback.client is not None
+                      else tuple(admin_clients))
+        return feedback, score, owners
+
+    def vote(self, entry: _Entry, score: float, category: str | None,
+             at: float | None = None) -> dict[str, object]:
+        """One vote for an answered request: it replaces the request's earlier vote. A vote
+        another replica received at unix time ``at`` is dropped if this one holds a vote
+        received later (the messages crossed)."""
         answered = entry.answered
-        category = feedback.category or answered.category
+        category = category or answered.category
+        result: dict[str, object] = {"recorded": True, "model": answered.model,
+                                     "category": category, "score": score,
+                                     "replaced": entry.score is not None}
+        if at is not None and entry.score is not None and at < entry.voted_wall:
+            return {**result, "recorded": False}
         registry = self.registry
-        replaced = entry.score is not None
         if entry.score is not None:  # one vote per request: the later one replaces it
             tracker = registry.models.get(answered.model)
             if tracker is not None:
@@ -188,6 +259,6 @@ class FeedbackStore:
         now = registry.clock()
         registry.record_quality(answered.model, category, score, now)
         entry.score, entry.voted_at, entry.voted_category = score, now, category
+        entry.voted_wall = self.wall() if at is None else at
         self.received += 1
-        return {"recorded": True, "model": answered.model, "category": category, "score": score,
-                "replaced": replaced}
+        return result

@@ -251,6 +251,22 @@ class Controls:
     def set(self, model: str, category: str, override: Override) -> None:
         self.overrides[(model, category)] = override
 
+    def change(self, model: str, category: str, override: Override | None) -> None:
+        """Set ``override``, or clear it with None (one change, as the fleet sends it)."""
+        if override is None:
+            self.clear(model, category)
+        else:
+            self.set(model, category, override)
+
+    def replace(self, overrides: dict[tuple[str, str], Override],
+                disabled: Iterable[str]) -> None:
+        """Adopt a whole snapshot (the fleet's, at a resync); expired overrides stay out."""
+        now = self.wall()
+        self.overrides = {key: o for key, o in overrides.items()
+                          if o.expires_at is None or o.expires_at > now}
+        self.disabled.clear()
+        self.disabled.update(disabled)
+
     def clear(self, model: str, category: str) -> bool:
         return self.overrides.pop((model, category), None) is not None
 

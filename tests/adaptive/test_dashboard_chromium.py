@@ -19,6 +19,8 @@ from websockets.sync.client import ClientConnection, connect
 from bench.fakes import FakeProvider, serve_in_thread
 from tests.adaptive.adaptive_helpers import ADMIN, TOKEN, admin, chat, eventually
 from tests.conftest import pool_config, running_gateway
+from tests.fleet.fleet_harness import ADMIN_TOKEN, running_fleet
+from tests.redis_harness import running_redis
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -118,6 +120,7 @@ def test_dashboard_renders_stats_and_its_controls_reach_the_api(browser: Page,
                "document.querySelector('#login-form').requestSubmit()")
     browser.wait_for("document.body.dataset.loaded === 'true'")
     assert browser.js("sessionStorage.getItem('routegate-admin-token')") == TOKEN
+    assert browser.js("document.querySelector('#fleet').classList.contains('hidden')")  # alone
     requests = browser.wait_for(
         "document.querySelector('#models tr[data-model=\"cheap\"] td.requests')?.textContent")
     assert requests == "3"
@@ -148,3 +151,26 @@ def test_dashboard_renders_stats_and_its_controls_reach_the_api(browser: Page,
     browser.wait_for("document.querySelector('#models tr[data-model=\"cheap\"] td.requests')"
                      ".textContent === '4'")  # refreshes itself
     assert time.monotonic() - started < 10
+
+
+def test_dashboard_shows_the_fleet(browser: Page, tmp_path: Path) -> None:
+    fake = FakeProvider(kind="openai")
+    with running_redis() as redis_server, serve_in_thread(fake) as fake_url, \
+            running_fleet(tmp_path, redis_server, {"fake": fake_url}) as fleet:
+        for replica in (0, 0, 0, 2):
+            assert chat(fleet.urls[replica]).status_code == 200
+        browser.call("Page.navigate", url=fleet.urls[1] + "/admin/")
+        browser.wait_for("document.readyState === 'complete' && "
+                         "!!document.querySelector('#login-form')")
+        browser.js(f"document.querySelector('#token').value = {json.dumps(ADMIN_TOKEN)};"
+                   "document.querySelector('#login-form').requestSubmit()")
+        browser.wait_for("document.body.dataset.loaded === 'true'")
+        assert not browser.js("document.querySelector('#fleet').classList.contains('hidden')")
+        # three alive replicas and their sum (heartbeats arrive with the flushes)
+        browser.wait_for("document.querySelector('#replicas tr[data-replica=\"*\"] "
+                         "td.requests')?.textContent === '4'")
+        rows = browser.js("[...document.querySelectorAll('#replicas tbody tr')]"
+                          ".map((tr) => tr.textContent)")
+        assert len(rows) == 4 and sum("alive" in row for row in rows[:3]) == 3
+        assert "(this)" in "".join(rows) and "3 alive of 3" in browser.js(
+            "document.querySelector('#fleet-status').textContent")

@@ -13,7 +13,7 @@ import pytest
 
 from bench.fakes import FakeProvider, serve_in_thread
 from tests.fleet.fleet_harness import Fleet, client_entry, running_fleet
-from tests.redis_harness import RedisServer, running_redis
+from tests.redis_harness import RedisServer
 
 BUDGET_KEY = "sk-fleet-budget-client"
 RATE_KEY = "sk-fleet-rate-client"
@@ -23,12 +23,6 @@ PER_MINUTE = 20
 MODELS = {"m": {"provider": "fake", "upstream": "m-up", "input_usd_per_mtok": 1000.0,
                 "output_usd_per_mtok": 1000.0, "context_window": 4096,
                 "capabilities": {"chat": 0.9}}}
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
 
 
 @pytest.fixture

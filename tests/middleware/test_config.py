@@ -78,6 +78,7 @@ capabilities = { chat = 0.5 }
     ("[state]\nresync_interval_s = 61\n", "state.resync_interval_s: must be within [0.5, 60]"),
     ("[state]\nheartbeat_ttl_s = 0.5\n", "state.heartbeat_ttl_s: must be within [1, 300]"),
     ("[state]\nheartbeat_ttl_s = inf\n", "state.heartbeat_ttl_s: must be within [1, 300]"),
+    ("[state]\nfeedback_ttl_s = 5\n", "state.feedback_ttl_s: must be within [10, 604800]"),
     ("[state]\nflush_interval_s = 2\nheartbeat_ttl_s = 2\n",
      "state.heartbeat_ttl_s: must exceed state.flush_interval_s"),
     ('[state]\non_unavailable = "maybe"\n', "state.on_unavailable: Invalid enum value 'maybe'"),
