@@ -13,7 +13,7 @@ import pytest
 
 from bench.fakes import FakeProvider, serve_in_thread
 from tests.fleet.fleet_harness import Fleet, client_entry, running_fleet
-from tests.redis_harness import RedisServer, running_redis
+from tests.redis_harness import RedisServer
 
 KEY = "sk-fleet-outage-client"
 USD_PER_TOKEN = 1e-3
@@ -21,12 +21,6 @@ MODELS = {"m": {"provider": "fake", "upstream": "m-up", "input_usd_per_mtok": 10
                 "output_usd_per_mtok": 1000.0, "context_window": 4096,
                 "capabilities": {"chat": 0.9}}}
 CLIENTS = {"clients": {"steady": client_entry(KEY, daily_usd=1000.0)}}
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
 
 
 @pytest.fixture
