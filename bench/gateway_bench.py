@@ -1,11 +1,11 @@
 """Gateway overhead: direct-to-provider against through-routegate, side by side, in one run.
 
 A fast fake OpenAI provider and the gateway run as separate processes on 127.0.0.1; a load
-generator (wrk when installed, else a bounded Python loop) drives each scenario for a few
-seconds. Printed per scenario: requests/s, p50/p99 latency, the latency routegate adds, and
-routegate's CPU-µs per request read from /proc (user + system time of the gateway process),
-with ratios to the direct baseline measured in the same run. The fake provider's own CPU-µs
-per request is printed too: it is a bare uvicorn app, so it shows what one HTTP exchange costs
+generator (bench/load.py: wrk when installed, else a bounded Python loop) drives each scenario
+for a few seconds. Printed per scenario: requests/s, p50/p99 latency, the latency routegate
+adds, and routegate's CPU-µs per request read from /proc (user + system time of the gateway
+process), with ratios to the direct baseline measured in the same run. The fake provider's own
+CPU-µs per request is printed too: it is a bare uvicorn app, so it shows what one HTTP exchange costs
 on this machine (syscalls included), a floor to read the gateway's number against; ``gw/fake``
 is their ratio, the steadiest number on a shared machine (both swell alike under contention).
 
@@ -21,19 +21,17 @@ with them the default full run takes about 5.5 minutes.
     python -m bench.gateway_bench [--seconds 3] [--rounds 5] [--pairs 15] [--pair-seconds 1]
                                   [--transports fast,aiohttp,httpx,pyreqwest]
 
-Transports (bench/gateway_server.py): ``fast`` (routegate's own, middleware/upstream/transport.py, the
-only one the gateway ships; ``fast@REV`` runs the gateway's code at git revision REV, for a
-before/after in one run), ``aiohttp`` (httpx-aiohttp), ``httpx`` (httpx's default,
-httpcore), ``pyreqwest`` (Rust reqwest/hyper behind its httpx transport). The results and
-why the default is what it is: bench/README.md.
+Transports (bench/gateway_server.py): ``fast`` (routegate's own, middleware/upstream/transport.py,
+the only one the gateway ships; ``fast@REV`` runs the gateway's code, and its
+bench/gateway_server.py, at git revision REV, for a before/after in one run), ``aiohttp``
+(httpx-aiohttp), ``httpx`` (httpx's default, httpcore), ``pyreqwest`` (Rust reqwest/hyper
+behind its httpx transport). The results and why the default is what it is: bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -41,14 +39,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-TICKS = os.sysconf("SC_CLK_TCK")
+from bench.load import Result, measure, pinned
+
 SCENARIOS = (("json  c16", False, 16), ("json  c64", False, 64), ("sse20 c16", True, 16))
 
 
@@ -56,18 +55,6 @@ def _body(model: str, stream: bool) -> str:
     tail = ',"stream":true' if stream else ""
     return ('{"model":"' + model + '","messages":[{"role":"user","content":"Write one sentence '
             'about routing."}],"max_tokens":64' + tail + "}")
-
-
-@dataclass
-class Result:
-    name: str
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    cpu_us: float | None = None
-    errors: int = 0
-    provider_cpu_us: float | None = None
-    requests: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,13 +83,6 @@ def _cpus(cpus: frozenset[int]) -> str:
     return ",".join(str(cpu) for cpu in sorted(cpus))
 
 
-def _pinned(cpus: frozenset[int] | None) -> Callable[[], None] | None:
-    """A ``preexec_fn`` pinning the child (and so every thread it starts) to ``cpus``."""
-    if cpus is None:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
-
-
 def _repin(pid: int, cpus: frozenset[int] | None) -> None:
     """Move a running process to ``cpus``: affinity is per thread on Linux, so set every task."""
     if cpus is None:
@@ -116,11 +96,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
 def _wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 30.0) -> None:
@@ -138,9 +113,10 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 30.0
 
 @contextmanager
 def _process(command: list[str], probe: str, cpus: frozenset[int] | None = None,
-             env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+             env: dict[str, str] | None = None,
+             cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               preexec_fn=_pinned(cpus), env=env)
+                               preexec_fn=pinned(cpus), env=env, cwd=cwd)
     try:
         _wait_http(probe, process)
         yield process
@@ -162,81 +138,6 @@ provider = "fake"
 upstream = "bench-up"
 capabilities = {{ chat = 0.9 }}
 """
-
-
-def _wrk(url: str, body: str, connections: int, seconds: float,
-         cpus: frozenset[int] | None = None) -> Result:
-    escaped = body.replace("\\", "\\\\").replace('"', '\\"')
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f'wrk.method = "POST"\nwrk.body = "{escaped}"\n'
-                     'wrk.headers["Content-Type"] = "application/json"\n'
-                     'wrk.headers["Authorization"] = "Bearer bench"\n')
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-                          "-s", script.name, url], capture_output=True, text=True, check=True,
-                         preexec_fn=_pinned(cpus)).stdout
-    os.unlink(script.name)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    return Result("", rps, _wrk_ms(out, "50%"), _wrk_ms(out, "99%"),
-                  errors=int(errors.group(1)) if errors else 0, requests=requests)
-
-
-def _wrk_ms(out: str, percentile: str) -> float:
-    value, unit = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def _python_load(url: str, body: str, connections: int, seconds: float,
-                 cpus: frozenset[int] | None = None) -> Result:
-    """Bounded fallback when wrk is not installed: ``connections`` workers for ``seconds``.
-
-    It runs in this process, which ``main`` already pinned to the load CPU, so ``cpus`` is unused.
-    """
-
-    async def run() -> Result:
-        latencies: list[float] = []
-        errors = 0
-        limits = httpx.Limits(max_connections=connections)
-        async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
-            stop = time.monotonic() + seconds
-
-            async def worker() -> None:
-                nonlocal errors
-                while time.monotonic() < stop:
-                    started = time.perf_counter()
-                    response = await client.post(url, content=body, headers={
-                        "content-type": "application/json", "authorization": "Bearer bench"})
-                    latencies.append(time.perf_counter() - started)
-                    errors += response.status_code != 200
-
-            began = time.monotonic()
-            await asyncio.gather(*(worker() for _ in range(connections)))
-            elapsed = time.monotonic() - began
-        latencies.sort()
-        return Result("", len(latencies) / elapsed, latencies[len(latencies) // 2] * 1000,
-                      latencies[int(len(latencies) * 0.99)] * 1000, errors=errors,
-                      requests=len(latencies))
-
-    return asyncio.run(run())
-
-
-def measure(name: str, url: str, body: str, connections: int, seconds: float,
-            gateway_pid: int | None, provider_pid: int | None = None, *, warm_up: bool = True,
-            load_cpus: frozenset[int] | None = None) -> Result:
-    load = _wrk if shutil.which("wrk") else _python_load
-    if warm_up:
-        load(url, body, connections, 1.0, load_cpus)  # warm up connections and caches
-    cpu_before = _cpu_seconds(gateway_pid) if gateway_pid else 0.0
-    provider_before = _cpu_seconds(provider_pid) if provider_pid else 0.0
-    result = load(url, body, connections, seconds, load_cpus)
-    result.name = name
-    requests = max(1.0, result.requests or result.rps * seconds)
-    if gateway_pid:
-        result.cpu_us = (_cpu_seconds(gateway_pid) - cpu_before) / requests * 1e6
-    if provider_pid:
-        result.provider_cpu_us = (_cpu_seconds(provider_pid) - provider_before) / requests * 1e6
-    return result
 
 
 def _rounds(group: str, url: str, model: str, args: argparse.Namespace, gateway_pid: int | None,
@@ -325,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                            "--port", str(port), "--transport", name]
             env = _code_at(revision, config.parent) if revision else None
             with _process(gateway_cmd, f"http://127.0.0.1:{port}/healthz", placement.sut,
-                          env) as gateway:
+                          env, config.parent if revision else None) as gateway:
                 url = f"http://127.0.0.1:{port}/v1/chat/completions"
                 results |= _rounds(transport, url, "bench", args, gateway.pid, fake.pid, placement)
                 scaling[transport] = _paired_scaling(url, "bench", args, placement)
@@ -336,12 +237,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _code_at(revision: str, folder: Path) -> dict[str, str]:
     """An environment whose ``routegate`` is the code at git ``revision`` (``fast@REV``:
-    the gateway as it was, measured in the same run as the current one)."""
+    the gateway as it was, measured in the same run as the current one). The revision's own
+    ``bench/gateway_server.py`` goes to ``folder`` too (the gateway runs with ``folder`` as
+    its working directory), so it imports the modules where that revision had them."""
     target = folder / "routegate"
     target.mkdir()
     archive = subprocess.run(["git", "archive", revision, "middleware", "sidecar", "otel"],
                              check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    server = subprocess.run(["git", "archive", revision, "bench/__init__.py",
+                             "bench/gateway_server.py"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=server, check=True)
     return {**os.environ, "PYTHONPATH": str(folder)}
 
 

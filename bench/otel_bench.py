@@ -1,6 +1,6 @@
 """Telemetry overhead: gateway CPU per request with tracing and metrics on against off.
 
-Two gateway processes run side by side over one fake OpenAI provider (its own process):
+Gateway processes run side by side over one fake OpenAI provider (its own process):
 "off" has no exporter configured (no observer is registered), "on" exports traces and
 metrics over OTLP/HTTP to a receiver in this process (every span is encoded and sent; the
 metric export interval is shortened from 60 s to 5 s so metric exports land inside the
@@ -10,14 +10,18 @@ batches, so drift hits all alike; CPU is user + system time of each gateway proc
 
 "on" is what routegate builds: the SDK's TracerProvider + BatchSpanProcessor + the OTLP
 exporter package (spans recorded by otel/light.py, encoded by otel/encode.py), and
-otel/aggregate.py's metric aggregation exported by the package's OTLP metric exporter. Each
-``--compare NAME=DIR`` adds an "on" gateway run from another source tree in the same run: DIR holds
+otel/aggregate.py's metric aggregation exported by the package's OTLP metric exporter. "on,
+plain SDK" (on by default, ``--no-plain-sdk`` skips it) exports the same over the SDK's own
+pipeline installed as a host would (bench/otel_plain_sdk.py): its ratio to "on" is what the
+hand-written parts buy, measured in the same run. Each ``--compare NAME=DIR`` adds an "on"
+gateway run from another source tree in the same run: DIR holds
 ``routegate/{middleware,sidecar,otel}`` (e.g. links into an older commit's ``git archive``, or
 a copy of otel/ with a hand-written part replaced by plain SDK code) and goes first on its
-PYTHONPATH, so variants are measured side by side.
+PYTHONPATH, so variants are measured side by side (its CLI module is found where that tree
+has it: ``middleware/standalone/cli.py``, or ``middleware/cli.py`` before the sub-rooms).
 
     python -m bench.otel_bench [--requests 3000] [--concurrency 16] [--batch 250]
-                               [--compare NAME=DIR ...]
+                               [--no-plain-sdk] [--compare NAME=DIR ...]
 
 Target: "on" costs at most 25% more CPU per request than "off".
 """
@@ -209,6 +213,13 @@ async def _drive(gateways: dict[str, tuple[str, int]], requests: int, concurrenc
     return tallies
 
 
+def _cli_module(tree: Path) -> str:
+    """The ``serve`` CLI's module in a routegate tree (it moved into standalone/ with the rooms)."""
+    if (tree / "routegate" / "middleware" / "cli.py").exists():
+        return "routegate.middleware.cli"
+    return "routegate.middleware.standalone.cli"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.otel_bench",
                                      description=__doc__.split("\n")[0] if __doc__ else None)
@@ -220,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ratio for a third gateway with sampled traces (0: skip it)")
     parser.add_argument("--on-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the 'on' gateways")
+    parser.add_argument("--plain-sdk", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run an 'on' gateway on the plain SDK pipeline (default: on)")
     parser.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
                         help="also run an 'on' gateway from the routegate tree under DIR")
     args = parser.parse_args(argv)
@@ -237,22 +250,26 @@ def main(argv: list[str] | None = None) -> int:
                   "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
                   "OTEL_METRIC_EXPORT_INTERVAL": "5000",
                   **dict(item.split("=", 1) for item in args.on_env)}
-        variants = {"off": base_env, "on": on_env}
+        serve = "routegate.middleware.standalone.cli"
+        variants = {"off": (base_env, serve), "on": (on_env, serve)}
+        if args.plain_sdk:
+            variants["on, plain SDK"] = (on_env, "bench.otel_plain_sdk")
         for item in args.compare:
             name, directory = item.split("=", 1)
-            variants[f"on, {name}"] = {**on_env, "PYTHONPATH": os.pathsep.join(
-                p for p in (str(Path(directory).resolve()), on_env.get("PYTHONPATH")) if p)}
+            variants[f"on, {name}"] = ({**on_env, "PYTHONPATH": os.pathsep.join(
+                p for p in (str(Path(directory).resolve()), on_env.get("PYTHONPATH")) if p)},
+                _cli_module(Path(directory)))
         if args.sampled > 0:
-            variants[f"on, {args.sampled:g} sampled"] = {
+            variants[f"on, {args.sampled:g} sampled"] = ({
                 **on_env, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                "OTEL_TRACES_SAMPLER_ARG": str(args.sampled)}
+                "OTEL_TRACES_SAMPLER_ARG": str(args.sampled)}, serve)
         gateways: dict[str, tuple[str, int]] = {}
-        for name, env in variants.items():
+        for name, (env, module) in variants.items():
             port = _free_port()
             url = f"http://127.0.0.1:{port}"
             pid = stack.enter_context(_process(
-                [py, "-m", "routegate.middleware.standalone.cli", "serve", "--config", config,
-                 "--port", str(port)], env, url + "/healthz"))
+                [py, "-m", module, "serve", "--config", config, "--port", str(port)], env,
+                url + "/healthz"))
             gateways[name] = (url + "/v1/chat/completions", pid)
         started = time.perf_counter()
         tallies = asyncio.run(_drive(gateways, args.requests, args.concurrency, args.batch,
@@ -264,13 +281,16 @@ def main(argv: list[str] | None = None) -> int:
           f"concurrency {args.concurrency}, batches of {args.batch}, {elapsed:.1f}s; "
           f"mix: named, streamed, auto")
     worst = 1.0
+    on = tallies["on"]
     for name, tally in tallies.items():
         ratio = tally.us_per_request / off.us_per_request
         if name == "on":
             worst = ratio
+        against_on = "" if name in ("off", "on") else \
+            f"  x{tally.us_per_request / on.us_per_request:.3f} of on"
         print(f"telemetry {name:16} {tally.us_per_request:8.1f} µs CPU/request  "
               f"(event loop {tally.loop_us_per_request:7.1f})  x{ratio:.3f} "
-              f"({(ratio - 1) * 100:+.1f}%)")
+              f"({(ratio - 1) * 100:+.1f}%){against_on}")
     print("target: on <= +25% (traces and metrics over OTLP/HTTP to a local receiver)")
     print(f"receiver got: {exports.get('/v1/traces', 0)} trace exports, "
           f"{exports.get('/v1/metrics', 0)} metric exports, {receiver.bytes / 1e6:.2f} MB")

@@ -1,5 +1,5 @@
 """One HTTP/1.1 client connection: an ``asyncio.Protocol`` with ``httptools`` parsing the
-responses, the exchange (request/response) it carries, and the response body as it arrives.
+responses into the exchange it carries (:mod:`routegate.middleware.upstream.exchange`).
 :mod:`routegate.middleware.upstream.transport` pools these connections behind the httpx API.
 
 A connection has at most one exchange at a time. Parser callbacks fill the exchange and wake
@@ -10,15 +10,15 @@ keep-alive on both sides hands the connection back to its pool; anything else cl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Protocol, cast
 
 import httptools
 import httpx
 
+from routegate.middleware.upstream.exchange import Exchange
 from routegate.middleware.upstream.origins import OriginOptions, ResponseTooLarge
 
-__all__ = ["Connection", "ConnectionOwner", "Exchange", "ResponseBody", "RetryElsewhere"]
+__all__ = ["Connection", "ConnectionOwner", "RetryElsewhere"]
 
 
 class ConnectionOwner(Protocol):
@@ -40,35 +40,6 @@ class RetryElsewhere(Exception):
     def __init__(self, cause: httpx.TransportError) -> None:
         super().__init__(str(cause))
         self.cause = cause
-
-
-class Exchange:
-    """One request/response on a connection; outlives the connection's use of it, so a body
-    received in full stays readable after the connection went back to the pool."""
-
-    __slots__ = ("buffered", "complete", "encoded", "error", "head_bytes", "headers",
-                 "headers_done", "pieces", "reason", "status", "until_eof", "waiter")
-
-    def __init__(self) -> None:
-        self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.headers_done = False
-        self.until_eof = False  # neither content-length nor chunked: the body ends with the socket
-        self.encoded = False  # a content-encoding header came: httpx must decode the body
-        self.pieces: list[bytes] = []
-        self.buffered = 0
-        self.head_bytes = 0  # bytes received before the head was complete
-        self.complete = False
-        self.error: httpx.TransportError | None = None
-        self.waiter: asyncio.Future[None] | None = None
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
 
 class Connection(asyncio.Protocol):
@@ -349,60 +320,3 @@ class Connection(asyncio.Protocol):
             self.closed = True
             if self.counted:
                 self._pool.discard(self)
-
-
-class ResponseBody(httpx.AsyncByteStream):
-    """The response body, piece by piece as the socket delivers it."""
-
-    def __init__(self, connection: Connection, exchange: Exchange) -> None:
-        self._connection = connection
-        self._exchange = exchange
-
-    @property
-    def encoded(self) -> bool:
-        return self._exchange.encoded
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        exchange = self._exchange
-        connection = self._connection
-        while True:
-            pieces = exchange.pieces
-            if pieces:
-                exchange.pieces = []
-                connection.consumed(exchange)
-                yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
-            elif exchange.complete:
-                return
-            elif exchange.error is not None:
-                raise exchange.error
-            else:
-                await connection.wait(exchange)
-
-    async def read(self) -> bytes:
-        """The whole body, without the async-generator round trips of iterating; raises
-        ResponseTooLarge past the origin's ``max_body_bytes``."""
-        exchange = self._exchange
-        connection = self._connection
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            if exchange.pieces:
-                size += exchange.buffered
-                if size > connection.max_body:
-                    await self.aclose()
-                    raise ResponseTooLarge(f"response body exceeds {connection.max_body} bytes")
-                parts += exchange.pieces
-                exchange.pieces = []
-                connection.consumed(exchange)
-            elif exchange.complete:
-                return parts[0] if len(parts) == 1 else b"".join(parts)
-            elif exchange.error is not None:
-                raise exchange.error
-            else:
-                await connection.wait(exchange)
-
-    async def aclose(self) -> None:
-        exchange = self._exchange
-        if not exchange.complete:
-            exchange.complete = True
-            self._connection.abandon(exchange)

@@ -37,7 +37,8 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-from routegate.middleware.upstream.http1 import Connection, ResponseBody, RetryElsewhere
+from routegate.middleware.upstream.exchange import ResponseBody
+from routegate.middleware.upstream.http1 import Connection, RetryElsewhere
 from routegate.middleware.upstream.origins import (
     OriginOptions,
     ProxyError,
