@@ -31,17 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from bench.gateway_bench import (
-    Placement,
-    Result,
-    _body,
-    _config,
-    _cpu_seconds,
-    _free_port,
-    _process,
-    _repin,
-    measure,
-)
+from bench.gateway_bench import Placement, _body, _config, _free_port, _process, _repin
+from bench.load import Result, cpu_seconds, measure
 
 BUDGET_KEY = "bench"  # what the load generator sends as its bearer key
 VARIANTS = (("memory", False), ("redis", False), ("memory", True), ("redis", True))
@@ -116,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             for backend, budgets in VARIANTS}
         for round_ in range(args.rounds):
             for name, (url, pid) in gateways.items():
-                redis_before = _cpu_seconds(redis_pid)
+                redis_before = cpu_seconds(redis_pid)
                 result = measure(name, url, body, args.connections, args.seconds, pid, fake.pid,
                                  warm_up=round_ == 0, load_cpus=placement.load)
-                redis_us = (_cpu_seconds(redis_pid) - redis_before) / max(1, result.requests) * 1e6
+                redis_us = (cpu_seconds(redis_pid) - redis_before) / max(1, result.requests) * 1e6
                 results.setdefault(name, []).append((result, redis_us))
                 print(f"  round {round_ + 1} {name}: {result.rps:7.0f} req/s, CPU-µs "
                       f"{result.cpu_us or 0:.0f}, redis CPU-µs {redis_us:.0f}, errors "
