@@ -34,6 +34,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from routegate.middleware.contracts import ReserveVerdict, SharedEvent, StateUnavailable
+from routegate.middleware.state.pipelined import PipelinedRedis
 from routegate.middleware.state.scripts import RESERVE, SETTLE_BATCH
 
 __all__ = ["RedisState", "StateSettings"]
@@ -83,6 +84,7 @@ class RedisState:
             retry=Retry(NoBackoff(), 0),  # call() bounds every command: no second timeout
             health_check_interval=0, client_name=f"routegate:{replica_id}")
         self._redis = redis.Redis(connection_pool=pool)
+        self._hot = PipelinedRedis(url, settings.connect_timeout_s)  # budget checks only
         self._scripts = {RESERVE: _sha(RESERVE), SETTLE_BATCH: _sha(SETTLE_BATCH)}
         self._channel = f"{self.prefix}events"
         self._settles: list[tuple[str, str, str, str, str]] = []
@@ -116,6 +118,7 @@ class RedisState:
         with contextlib.suppress(StateUnavailable):
             await self._flush_once()  # the last settles and the heartbeat's removal
             await self.call(lambda r: r.delete(self.key(f"replica:{self.replica_id}")))
+        self._hot.close()
         await self._redis.aclose()
 
     # -- calls ---------------------------------------------------------------------------
@@ -160,6 +163,14 @@ class RedisState:
             return await r.execute_command(  # type: ignore[no-untyped-call]
                 "EVALSHA", self._scripts[script], keys, *args)
 
+    async def _reserve(self, *args: str) -> Any:
+        """RESERVE on the pipelined connection (the one command per request on the hot path)."""
+        try:
+            return await self._hot.execute("EVALSHA", self._scripts[RESERVE], "7", *args)
+        except NoScriptError:
+            await self._hot.execute("SCRIPT", "LOAD", RESERVE)
+            return await self._hot.execute("EVALSHA", self._scripts[RESERVE], "7", *args)
+
     # -- budgets and rate limits -----------------------------------------------------------
     def _client_keys(self, client: str, day: str, month: str) -> list[str]:
         base = self.key(f"c:{client}:")
@@ -171,9 +182,9 @@ class RedisState:
                       hold_ttl_s: float) -> ReserveVerdict:
         """Rate limit, then hold ``amount`` against the budgets, as one atomic step."""
         keys = self._client_keys(client, day, month)
-        reply = await self.call(lambda r: self._run(
-            r, RESERVE, *keys, repr(amount), hold_id, str(int(hold_ttl_s * 1000)),
-            repr(daily_usd), repr(monthly_usd), str(requests_per_minute), "60000", keys=7))
+        reply = await self.call(lambda _: self._reserve(
+            *keys, repr(amount), hold_id, str(int(hold_ttl_s * 1000)), repr(daily_usd),
+            repr(monthly_usd), str(requests_per_minute), "60000"))
         outcome = _text(reply[0])
         if outcome == "rate":
             return ReserveVerdict("rate", retry_after_s=float(_text(reply[1])) / 1000)
