@@ -10,9 +10,11 @@ from the provider's public ``id_generator``, the root decision from its public `
 (``OTEL_TRACES_SAMPLER``), the resource from ``resource``; child spans follow their parent's
 decision. ``tests/otel/test_otel_light.py`` checks that its spans equal the SDK tracer's.
 
-Measured with ``python -m bench.otel_bench --compare`` (same run, 2026-12-04): the plain SDK
-tracer costs about 10 % more CPU per request than this one (the only hand-written part that
-bought that much; the metric aggregation and the span encoder bought 5 % and 3 % and are gone).
+Measured with ``python -m bench.otel_bench`` (same run, 2026-12-04): the plain SDK (its own
+tracer, metrics pipeline and exporter, ``bench/otel_plain_sdk.py``) costs 28-54 % more CPU per
+request than routegate's telemetry, of which this tracer, ``aggregate.py`` (metrics on the
+SDK's public types) and ``encode.py`` (the span encoder, pinned to the exporter's version) are
+the hand-written parts; bench/README.md has each part's share and history.
 A host application's own provider is never handled this way: it gets ordinary API calls
 (processors' ``on_start`` hooks run there, not here).
 """
