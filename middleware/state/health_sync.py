@@ -24,6 +24,7 @@ Routing never awaits any of this: it reads what the flush left in the registry.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Literal, Protocol
@@ -143,8 +144,9 @@ class HealthSync:
         self._held: set[str] = set()  # models whose lease key this replica set
         self._peers: list[str] = []
         self._gone: list[str] = []
-        self._seen: list[bytes | None] = []
+        self._seen: tuple[int, list[bytes | None]] = (-1, [])  # (config version, summaries)
         self._script: Any = None
+        self._forget: asyncio.TimerHandle | None = None
 
     def install(self) -> HealthSync:
         registry = self.registry
@@ -198,6 +200,11 @@ class HealthSync:
         leases = await self._queue_leases(pipe, now)
         replies = await pipe.execute()
         registry.fleet_until = registry.clock() + self.lease_s
+        if self._forget is not None:
+            self._forget.cancel()
+        # Redis out of reach for a heartbeat: the others' windows are gone, not frozen
+        self._forget = asyncio.get_running_loop().call_later(
+            self.shared.settings.heartbeat_ttl_s, self._read_peers, [], [])
         self._apply_leases(leases, replies[len(replies) - len(leases):], now)
         first = 4 if self._gone else 3
         self._gone = []
@@ -246,9 +253,10 @@ class HealthSync:
 
     def _read_peers(self, peers: list[str], raw: list[bytes | None]) -> None:
         self._gone = [peer for peer, value in zip(peers, raw, strict=True) if value is None]
-        if raw == self._seen:
+        seen = (self.registry.config_version, raw)  # a reload may bring fresh trackers
+        if seen == self._seen:
             return  # nothing new: keep the cached signals
-        self._seen = raw
+        self._seen = seen
         summaries = []
         for value in raw:
             if value is not None:

@@ -16,12 +16,13 @@ from bench.fakes import FakeProvider, Fault, serve_in_thread
 from routegate.middleware.config import StateConfig
 from routegate.middleware.operations.model_health import Controls, HealthRegistry, LiveView
 from routegate.middleware.operations.sliding_windows import Sample
+from routegate.middleware.request.routing import ModelSignal
 from routegate.middleware.state.health_sync import HealthSync
 from routegate.middleware.state.redis_state import RedisState
 from tests.adaptive.adaptive_helpers import Clock
 from tests.conftest import NO_5XX_RETRY, pool_config
 from tests.fleet.fleet_harness import Fleet, running_fleet
-from tests.redis_harness import RedisServer, running_redis
+from tests.redis_harness import RedisServer, free_port, running_redis
 
 INITIAL_WAIT_S = 3.0  # the first probe's wait; a failed probe doubles it (the cool-down cap)
 DOUBLED_WAIT_S = 6.0
@@ -161,7 +162,8 @@ def _samples(registry: HealthRegistry, latencies: list[float], failures: int,
 def test_fleet_signal_is_the_signal_of_one_replica_that_saw_everything(
         redis_server: RedisServer) -> None:
     """Error rate, latency and TTFT p95 and quality per category, combined over two
-    replicas, equal what one registry fed every sample reads (same histogram bins)."""
+    replicas, equal what one registry fed every sample reads (same histogram bins); with
+    Redis gone for a heartbeat, each replica is back to its own numbers."""
     config = pool_config({"p": "http://127.0.0.1:9"})
     clock = Clock()
     first, second, alone = (HealthRegistry(config, clock) for _ in range(3))
@@ -175,10 +177,18 @@ def test_fleet_signal_is_the_signal_of_one_replica_that_saw_everything(
     controls = Controls()
     expected = LiveView(alone, controls).signal("cheap", "chat")
     assert expected.requests == 31 and expected.quality_samples == 11
-    assert LiveView(first, controls).signal("cheap", "chat") != expected
+    own = LiveView(first, controls).signal("cheap", "chat")
+    assert own != expected
 
     settings = StateConfig(backend="redis", url=redis_server.url, key_prefix="rg-unit:",
-                           flush_interval_s=0.05)
+                           flush_interval_s=0.05, heartbeat_ttl_s=1.0)
+
+    async def until(registry: HealthRegistry, signal: ModelSignal) -> None:
+        for _ in range(200):  # bounded: 10 s at most
+            if LiveView(registry, controls).signal("cheap", "chat") == signal:
+                return
+            await asyncio.sleep(0.05)
+        assert LiveView(registry, controls).signal("cheap", "chat") == signal
 
     async def run() -> None:
         states = [RedisState(settings, redis_server.url, name) for name in ("r1", "r2")]
@@ -186,14 +196,40 @@ def test_fleet_signal_is_the_signal_of_one_replica_that_saw_everything(
             HealthSync(state, registry).install()
             await state.start()
         try:
-            for registry in (first, second):
-                for _ in range(200):  # bounded: 10 s at most
-                    if LiveView(registry, controls).signal("cheap", "chat") == expected:
-                        break
-                    await asyncio.sleep(0.05)
-                assert LiveView(registry, controls).signal("cheap", "chat") == expected
+            await until(first, expected)
+            await until(second, expected)
+            redis_server.kill()
+            await until(first, own)
         finally:
             for state in states:
                 await state.stop()
+
+    asyncio.run(run())
+
+
+def test_each_replica_probes_alone_while_redis_is_out_of_reach() -> None:
+    """No flush reaches Redis (nothing listens on its port): after the lease time a
+    half-open breaker is probed locally, as by a lone gateway, instead of never."""
+    config = pool_config({"p": "http://127.0.0.1:9"},
+                         extra={"adaptive": {"breaker": {"consecutive_failures": 1}}})
+    clock = Clock()
+    registry = HealthRegistry(config, clock)
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    settings = StateConfig(backend="redis", url=url, flush_interval_s=0.05)
+
+    async def run() -> None:
+        state = RedisState(settings, url, "alone")
+        sync = HealthSync(state, registry).install()
+        await state.start()
+        try:
+            registry.record("cheap", "p", Sample(ok=False))
+            clock.now += registry.breakers["cheap"].wait_s  # half-open: the fleet's lease...
+            signal = LiveView(registry, Controls()).signal("cheap", None)
+            assert signal.breaker == "half_open" and not signal.probe_free
+            clock.now += sync.lease_s  # ...which nobody can take: probe alone
+            assert LiveView(registry, Controls()).signal("cheap", None).probe_free
+            assert state.status()["available"] is False
+        finally:
+            await state.stop()
 
     asyncio.run(run())
