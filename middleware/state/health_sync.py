@@ -8,7 +8,9 @@
   lease holder's view offers the probe. The holder extends the lease while its probe is in
   flight, drops it when the probe succeeds, and keeps it (unowned) until the next probe is due
   when the probe fails, so no replica that has not yet heard of the failure probes early. A
-  holder that dies leaves a lease that expires after ``lease_s``. When no flush has reached
+  holder that dies leaves a lease that expires after ``lease_s``; a probe may start in the
+  lease's first half only (the second half covers the flush that extends it); a holder whose
+  traffic does not use it by then drops it. When no flush has reached
   Redis for ``lease_s``, each replica probes on its own (as a lone gateway does).
 * **Health that shifts traffic**: each flush writes this replica's decision windows (request
   counts and the latency and TTFT histograms) and per-category quality sums under a key that
@@ -227,8 +229,9 @@ class HealthSync:
                 elif breaker.probe_owner is not None:
                     await self._script(keys=[key], args=[me, str(lease_ms)], client=pipe)
                     queued.append(("extend", model, breaker))
-                elif breaker.lease_until <= now:  # unused: lapsed, free for another replica
-                    self._held.discard(model)
+                elif breaker.lease_until <= now:  # unused: let another replica have it
+                    await self._script(keys=[key], args=[me, "0"], client=pipe)
+                    queued.append(("release", model, breaker))
             elif half_open and breaker.wanted and breaker.probe_owner is None:
                 breaker.wanted = False
                 pipe.set(key, me, nx=True, px=lease_ms)
@@ -238,15 +241,18 @@ class HealthSync:
     def _apply_leases(self, queued: list[tuple[LeaseAction, str, Breaker]], replies: list[Any],
                       now: float) -> None:
         for (action, model, breaker), reply in zip(queued, replies, strict=True):
+            # A probe may start in the lease's first half only: one that starts late still
+            # has half a lease for a flush to extend it before another replica could take it.
+            usable = now + self.lease_s / 2
             if action == "take":
                 if reply:
                     self._held.add(model)
-                    breaker.lease_until = now + self.lease_s
+                    breaker.lease_until = usable
             elif action == "release":
                 self._held.discard(model)
                 breaker.lease_until = 0.0
             elif reply:  # extended
-                breaker.lease_until = now + self.lease_s
+                breaker.lease_until = usable
             else:  # lost (Redis restarted, or a stall let it lapse): the probe goes on
                 self._held.discard(model)
                 breaker.lease_until = 0.0

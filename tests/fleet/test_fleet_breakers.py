@@ -6,6 +6,7 @@ every request."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from tests.conftest import NO_5XX_RETRY, pool_config
 from tests.fleet.fleet_harness import Fleet, running_fleet
 from tests.redis_harness import RedisServer, free_port, running_redis
 
-INITIAL_WAIT_S = 3.0  # the first probe's wait; a failed probe doubles it (the cool-down cap)
-DOUBLED_WAIT_S = 6.0
+INITIAL_WAIT_S = 4.0  # the first probe's wait; a failed probe doubles it (the cool-down cap)
+DOUBLED_WAIT_S = 8.0
 MODELS = {
     "flaky": {"provider": "bad", "upstream": "flaky-up", "input_usd_per_mtok": 0.1,
               "output_usd_per_mtok": 0.2, "context_window": 4096,
@@ -119,7 +120,11 @@ def test_breaker_opens_probes_once_and_recovers_fleet_wide(
         running, lambda b: b["probes_failed"] == 1 and b["state"] == "open"),
         "the failed probe reached every replica")
     assert len(bad.requests) == seen + 1
-    assert _all(running, lambda b: INITIAL_WAIT_S < b["next_probe_in_s"] <= DOUBLED_WAIT_S)
+    # every replica waits the doubled step, counted from the failed probe (the initial one
+    # would leave less than INITIAL_WAIT_S - elapsed)
+    waits = [_breaker(running, replica)["next_probe_in_s"] for replica in range(3)]
+    elapsed = time.monotonic() - first_probe
+    assert all(DOUBLED_WAIT_S - elapsed - 0.05 <= wait <= DOUBLED_WAIT_S for wait in waits)
 
     # the next single probe comes after the doubled wait
     _rounds_until(running, bad, seen + 2, 4 * DOUBLED_WAIT_S)
@@ -147,6 +152,8 @@ def test_admin_reset_reaches_every_replica(fleet: tuple[Fleet, FakeProvider]) ->
     running.wait_until(lambda: _all(running, lambda b: b["state"] == "closed"),
                        "the reset reached every replica")
     assert _round(running) == ["flaky"] * 3
+    unknown = running.admin(1, "POST", "/admin/breakers/nope/reset")
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"]
 
 
 def _samples(registry: HealthRegistry, latencies: list[float], failures: int,
