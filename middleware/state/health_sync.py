@@ -122,10 +122,11 @@ def combine(replicas: list[ReplicaHealth]
                 for index, count in sparse.items():
                     if 0 <= index < len(hist):
                         hist[index] += count
-            total.lat_n, total.ttft_n = sum(total.lat), sum(total.ttft)
             for category, (q_sum, q_n) in summary.quality.items():
                 old_sum, old_n = quality.get(category, (0.0, 0))
                 quality[category] = (old_sum + q_sum, old_n + q_n)
+    for total, _ in out.values():
+        total.lat_n, total.ttft_n = sum(total.lat), sum(total.ttft)
     return out
 
 
