@@ -136,13 +136,14 @@ class AdaptiveExtension:
     async def _share(self, gateway: Gateway, config: GatewayConfig) -> None:
         """Connect to the shared state: budgets and limits go through it from now on."""
         from routegate.middleware.state.operator_sync import share_operator_state
+        from routegate.middleware.state.health_sync import HealthSync
         from routegate.middleware.state.redis_state import RedisState  # imports redis
-
 
         state = config.state
         self.shared = RedisState(state, state.resolve_url(), state.resolve_replica_id())
         self.limiter.shared = self.shared
         self.operator_sync = share_operator_state(self.shared, self)
+        HealthSync(self.shared, self.registry).install()
         self.shared.set_heartbeat(self._heartbeat)
         await self.shared.start()
         gateway.status["state"] = self.shared.status

@@ -167,10 +167,8 @@ class AdminApi:
 
     async def _reset(self, request: Request) -> Response:
         name = request.path_params["name"]
-        breaker = self.ext.registry.breakers.get(name)
-        if breaker is None:
+        if not self.ext.registry.reset_breaker(name):  # every replica's, with shared state
             raise _unknown_model(name)
-        breaker.reset()
         return JSONAnswer({"model": name, "breaker": "closed"})
 
     async def _reload(self, request: Request) -> Response:

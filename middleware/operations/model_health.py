@@ -8,6 +8,7 @@ and breakers without sleeping.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -15,7 +16,7 @@ import httpx
 
 from routegate.middleware.config import GatewayConfig, SloConfig
 from routegate.middleware.contracts import AttemptInfo, RequestContext, RequestOutcome
-from routegate.middleware.operations.breaker import Breaker, BreakerState
+from routegate.middleware.operations.breaker import Breaker, BreakerChange, BreakerState
 from routegate.middleware.operations.sliding_windows import (
     WINDOWS,
     Aggregate,
@@ -30,6 +31,7 @@ from routegate.middleware.request.routing import ModelSignal, Override
 __all__ = [
     "WINDOWS",
     "Breaker",
+    "BreakerChange",
     "BreakerState",
     "Controls",
     "Decision",
@@ -43,6 +45,8 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
+# Told of every breaker transition made here (model, change): the fleet hears of it.
+BreakerListener = Callable[[str, BreakerChange], None]
 
 class Tracker:
     """The stats windows (1 min, 5 min, 1 h) and the decision window of one model or
@@ -53,11 +57,15 @@ class Tracker:
     accumulator is folded into every window at once, so the per-request cost does not grow
     with the number of windows. Routing reads folded ticks only (at most one tick behind,
     cached in between); breakers count the open tick too, so they react at once.
+
+    With several replicas, ``remote`` and ``remote_quality`` hold the other replicas' decision
+    windows and quality sums (:mod:`routegate.middleware.state.health_sync`), added to this
+    one's when the routing signal is computed; breakers count this replica's verdicts only.
     """
 
     __slots__ = ("_cache", "_cache_key", "_folds", "_pending", "_pending_at", "_pending_has",
                  "_pending_tick", "_quality_version", "_signals", "_tick_s", "_version",
-                 "decision", "quality", "requests_total", "windows")
+                 "decision", "quality", "remote", "remote_quality", "requests_total", "windows")
 
     def __init__(self, decision_window_s: float) -> None:
         self.windows = {name: Window(span, n) for name, (span, n) in WINDOWS.items()}
@@ -75,6 +83,8 @@ class Tracker:
         self._cache = Decision(0, None, None, None)
         self._quality_version = 0
         self._signals: dict[str | None, tuple[tuple[int, int, int, int], ModelSignal]] = {}
+        self.remote: Aggregate | None = None
+        self.remote_quality: dict[str, tuple[float, int]] = {}  # category -> (sum, samples)
 
     def _fold(self) -> None:
         if self._pending_has:
@@ -116,8 +126,23 @@ class Tracker:
         self._tick(now)
         key = (self.decision.epoch(now), self._folds)
         if key != self._cache_key:
-            self._cache, self._cache_key = self.decision.decision(now), key
+            self._cache, self._cache_key = self.decision.decision(now, self.remote), key
         return self._cache
+
+    def local(self, now: float) -> tuple[Aggregate, dict[str, Aggregate]]:
+        """This replica's decision window (folded ticks) and quality windows, for the fleet
+        (live totals: read them, do not change them)."""
+        self._tick(now)
+        return self.decision.total(now), {c: w.total(now) for c, w in self.quality.items()}
+
+    def set_remote(self, decision: Aggregate | None,
+                   quality: dict[str, tuple[float, int]]) -> None:
+        """The other replicas' decision windows and quality sums (replacing the last ones).
+        Bumping the fold and quality counters invalidates the cached signals, so nothing is
+        added to the per-request path."""
+        self.remote, self.remote_quality = decision, quality
+        self._folds += 1
+        self._quality_version += 1
 
     def signal(self, now: float, category: str | None, slo: SloConfig,
                config_version: int) -> ModelSignal:
@@ -129,11 +154,15 @@ class Tracker:
         if cached is not None and cached[0] == key:
             return cached[1]
         stats = self.decision_stats(now)
-        quality, quality_n = None, 0
+        quality_sum, quality_n = 0.0, 0
         window = self.quality.get(category) if category is not None else None
         if window is not None:
-            q = window.stats(now)
-            quality, quality_n = q.quality, q.quality_samples
+            q = window.total(now)
+            quality_sum, quality_n = q.q_sum, q.q_n
+        if category is not None and category in self.remote_quality:
+            remote_sum, remote_n = self.remote_quality[category]
+            quality_sum, quality_n = quality_sum + remote_sum, quality_n + remote_n
+        quality = quality_sum / quality_n if quality_n else None
         signal = ModelSignal("closed", True, stats.requests, stats.error_rate,
                              stats.latency_p95_s, stats.ttft_p95_s, quality, quality_n, slo)
         self._signals[category] = (key, signal)
@@ -161,10 +190,16 @@ class Tracker:
 
 
 class HealthRegistry:
-    """Trackers and breakers for every pool model and provider, fed by attempt outcomes."""
+    """Trackers and breakers for every pool model and provider, fed by attempt outcomes.
+
+    ``on_breaker`` and ``fleet`` are set when replicas share state: transitions are passed
+    on, and a half-open probe waits for the fleet's lease (``Breaker.lease_until``)."""
 
     def __init__(self, config: GatewayConfig, clock: Clock = time.monotonic) -> None:
         self.clock = clock
+        self.on_breaker: BreakerListener | None = None
+        self.fleet = False
+        self.fleet_until = math.inf  # the last flush reached the fleet + the lease time
         self.models: dict[str, Tracker] = {}
         self.providers: dict[str, Tracker] = {}
         self.breakers: dict[str, Breaker] = {}
@@ -189,7 +224,7 @@ class HealthRegistry:
             breaker_config = model.breaker or config.adaptive.breaker
             breaker = self.breakers.get(name)
             if breaker is None:
-                self.breakers[name] = Breaker(breaker_config)
+                self.breakers[name] = Breaker(breaker_config, leased=not self.fleet)
             else:
                 breaker.config = breaker_config
             if model.provider not in self.providers:
@@ -214,7 +249,19 @@ class HealthRegistry:
         if provider_tracker is not None:
             provider_tracker.add(now, sample, bins)
         if sample.ok is not None and verdict:
-            self.breakers[model].record(now, sample.ok, tracker, owner)
+            change = self.breakers[model].record(now, sample.ok, tracker, owner)
+            if change is not None and self.on_breaker is not None:
+                self.on_breaker(model, change)
+
+    def reset_breaker(self, model: str) -> bool:
+        """An operator's reset (False: no such model); every replica's breaker follows."""
+        breaker = self.breakers.get(model)
+        if breaker is None:
+            return False
+        breaker.reset()
+        if self.on_breaker is not None:
+            self.on_breaker(model, "reset")
+        return True
 
     def record_quality(self, model: str, category: str | None, score: float,
                        now: float | None = None) -> bool:
@@ -230,8 +277,15 @@ class HealthRegistry:
     def claim_probes(self, owner: str, models: Iterable[str]) -> None:
         for name in models:
             breaker = self.breakers.get(name)
-            if breaker is not None and breaker.probe_owner is None:
+            if breaker is not None and breaker.probe_owner is None and self.may_probe(
+                    breaker, self.clock()):
                 breaker.claim_probe(owner)
+
+    def may_probe(self, breaker: Breaker, now: float) -> bool:
+        """This replica may offer ``breaker``'s half-open probe: it holds the fleet's lease
+        (always, alone), or the fleet has been out of reach since ``fleet_until``: then each
+        replica probes on its own, as a lone gateway does."""
+        return breaker.lease_until > now or now > self.fleet_until
 
     def release_probes(self, owner: str) -> None:
         for breaker in self.breakers.values():
@@ -314,7 +368,11 @@ class LiveView:
                                 registry.config_version)
         state = breaker.state(self._now)
         if state != "closed":
-            signal = signal._replace(breaker=state, probe_free=breaker.probe_owner is None)
+            free = breaker.probe_owner is None
+            if state == "half_open" and free and not registry.may_probe(breaker, self._now):
+                breaker.wanted = True  # traffic wants the probe: ask the fleet for the lease
+                free = False
+            signal = signal._replace(breaker=state, probe_free=free)
         return signal
 
     def override(self, model: str, category: str | None) -> Override | None:

@@ -120,6 +120,13 @@ class Aggregate:
             self.ttft = [a - b for a, b in zip(self.ttft, o.ttft, strict=True)]
 
 
+def _sum(a: Aggregate, b: Aggregate) -> Aggregate:
+    total = Aggregate()
+    total.merge(a)
+    total.merge(b)
+    return total
+
+
 def sample_bins(sample: Sample) -> tuple[int, int]:
     """Histogram bins of a sample, computed once for all the windows it goes into."""
     return (0 if sample.latency_s is None else _bin(sample.latency_s),
@@ -243,9 +250,19 @@ class Window:
         self._advance(now)
         return self._total.ok, self._total.fail
 
-    def decision(self, now: float) -> Decision:
+    def total(self, now: float) -> Aggregate:
+        """The window's running total now (live: read it, do not change it)."""
+        self._advance(now)
+        return self._total
+
+    def decision(self, now: float, others: Aggregate | None = None) -> Decision:
+        """The decision numbers, with ``others`` (the other replicas' windows, summed) added:
+        every process uses the same histogram bins, so the fleet's p95 is read from the
+        summed histograms, as accurate as one process's."""
         self._advance(now)
         t = self._total
+        if others is not None:
+            t = _sum(t, others)
         requests = t.ok + t.fail
         return Decision(requests, t.fail / requests if requests else None,
                         _percentile(t.lat, t.lat_n, 0.95), _percentile(t.ttft, t.ttft_n, 0.95))
