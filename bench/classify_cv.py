@@ -37,7 +37,7 @@ from routegate.sidecar.client import DEFAULT_CATEGORIES, disagreement_confidence
 from routegate.sidecar.lexical import HASH_BITS, featurize, softmax
 from routegate.sidecar.routes import default_routes
 from routegate.sidecar.semantic import RouteIndex, mix_known
-from routegate.sidecar.window import instruction_view
+from routegate.sidecar.window import instruction_view, weak_instruction
 
 CATEGORIES = DEFAULT_CATEGORIES
 NC_SOURCES = frozenset({
@@ -244,11 +244,23 @@ class Data:
                    groups, parents, len(rows), len(examples))
 
 
+def _inner_fold(row_id: str) -> int:
+    digest = hashlib.blake2b(row_id.encode("utf-8"), digest_size=8, person=b"inner").digest()
+    return int.from_bytes(digest, "big") % 5
+
+
 def splits(rows: Sequence[Row], kind: str) -> list[tuple[set[str] | None, Ix]]:
-    """(held-out sources, or None for the id split; held-out dev row indices) per fold."""
+    """(held-out sources, or None for the id splits; held-out dev row indices) per fold.
+
+    ``random``: the fixed held-back split (reported only). ``inner``: 5 folds by id over
+    the rows outside it (in-source validation that never reads the held-back rows).
+    ``source``: 5 folds grouped by source."""
+    held = np.array([is_held_back(r["id"]) for r in rows])
     if kind == "random":
-        held = np.array([is_held_back(r["id"]) for r in rows])
         return [(None, np.flatnonzero(held))]
+    if kind == "inner":
+        fold = np.array([_inner_fold(r["id"]) for r in rows])
+        return [(None, np.flatnonzero(~held & (fold == k))) for k in range(5)]
     folds = source_folds(rows)
     return [({r["source"] for r, f in zip(rows, folds, strict=True) if f == k},
              np.flatnonzero(folds == k)) for k in range(5)]
@@ -274,9 +286,12 @@ def source_folds(rows: Sequence[Row], k: int = 5) -> Ix:
 
 
 def train_index(data: Data, held_sources: set[str] | None, test: Ix,
-                drop_nc: bool = False) -> Ix:
-    """Training rows for a fold: not a test row, no group touching a held-out source."""
+                drop_nc: bool = False, kind: str = "") -> Ix:
+    """Training rows for a fold: not a test row, no group touching a held-out source (an
+    ``inner`` fold does not train on the held-back rows either)."""
     test_set = set(test.tolist())
+    if kind == "inner":
+        test_set |= {i for i in range(data.n_dev) if is_held_back(data.rows[i]["id"])}
     test_ids = {data.rows[i]["id"] for i in test_set}
     keep = []
     for i, group in enumerate(data.groups):
@@ -303,24 +318,27 @@ def stage_probs(data: Data, emb: F, ex_vec: F, ex_lab: Ix, kind: str, drop_nc: b
     cache = Path(f"/tmp/routegate_cv_{key}.npz")
     if cache.exists():
         with np.load(cache) as saved:
-            return _with_knn({k: saved[k] for k in ("lexical", "head")}, emb[: data.n_dev],
+            return _with_knn(data, {k: saved[k] for k in ("lexical", "head")}, emb[: data.n_dev],
                              ex_vec, ex_lab)
     n = len(CATEGORIES)
     sparse = SparseSet(data.texts)
     lex = np.zeros((data.n_dev, n), dtype=np.float32)
     head = np.zeros_like(lex)
     for held, test in splits(data.rows, kind):
-        train = train_index(data, held, test, drop_nc)
+        train = train_index(data, held, test, drop_nc, kind)
         w, b = train_sparse(sparse.subset(train), data.y[train], n, l2=l2)
         lex[test] = sparse.subset(test).predict(w, b)
         hw, hb = train_dense(emb[train], data.y[train], n)
         head[test] = softmax(emb[test] @ hw + hb)
     np.savez(cache, lexical=lex, head=head)
-    return _with_knn({"lexical": lex, "head": head}, emb[: data.n_dev], ex_vec, ex_lab)
+    return _with_knn(data, {"lexical": lex, "head": head}, emb[: data.n_dev], ex_vec, ex_lab)
 
 
-def _with_knn(stages: dict[str, F], emb: F, ex_vec: F, ex_lab: Ix) -> dict[str, F]:
-    """Add the kNN stage (nothing trained) at each temperature the mix may pick."""
+def _with_knn(data: Data, stages: dict[str, F], emb: F, ex_vec: F, ex_lab: Ix) -> dict[str, F]:
+    """Add the kNN stage (nothing trained) at each temperature the mix may pick, and which
+    rows are a document with a weak instruction."""
+    stages["weak"] = np.array([weak_instruction(instruction_view(t))
+                               for t in data.texts[: data.n_dev]], dtype=np.float32)
     for temperature in KNN_TEMPERATURES:
         index = RouteIndex(CATEGORIES, ex_vec, ex_lab, None)
         index.temperature = temperature
@@ -338,12 +356,17 @@ class Mix:
     lexical_weight: float = 2.0
     accept: float = 0.9
     disagree_scale: float = 0.6
+    weak_scale: float = 1.0
 
 
 def cascade(stages: dict[str, F], mix: Mix) -> tuple[F, npt.NDArray[np.float32], Ix]:
     """(final probabilities, confidence, 1 where the model stage was asked) per row."""
     knn = stages.get(f"knn@{mix.temperature}", stages["knn"])
     head, lex = stages["head"], stages["lexical"]
+    if mix.weak_scale != 1.0 and "weak" in stages:
+        # As LexicalModel.predict_proba: logits scaled for a document with a weak instruction.
+        tempered = softmax((mix.weak_scale * np.log(lex + 1e-9)).astype(np.float32))
+        lex = np.where(stages["weak"][:, None] > 0, tempered, lex)
     model = mix_known(CATEGORIES, knn, CATEGORIES, head, mix.knn_weight, 1.0)
     full = mix_known(CATEGORIES, model, CATEGORIES, lex, 1.0, mix.lexical_weight)
     accepted = lex.max(axis=1) >= mix.accept

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from routegate.sidecar.window import document_tokens, instruction_view
+from routegate.sidecar.window import View, document_tokens, instruction_view, weak_instruction
 
 __all__ = [
     "DEFAULT_LEXICAL_WEIGHTS",
@@ -32,6 +32,7 @@ __all__ = [
     "WEIGHT_VARIANTS",
     "LexicalModel",
     "featurize",
+    "featurize_view",
     "softmax",
     "text_window",
     "weight_files",
@@ -44,6 +45,9 @@ _PRIME = np.uint64(1000003)
 _SHIFT = np.uint64(64 - HASH_BITS)
 _WORD = re.compile(r"\w+")
 _WINDOW_CHARS = 600
+# Scripts written without spaces between words: ``\w+`` reads a whole clause as one
+# "word", so these get character uni- and bigram tokens instead.
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 
 DEFAULT_LEXICAL_WEIGHTS = Path(__file__).with_name("lexical.npz")
 # Two trained variants ship (see bench/classify_train.py): "default" is trained on every
@@ -87,6 +91,15 @@ def _token_hash(token: str) -> int:
     return zlib.crc32(token.encode("utf-8")) & ((1 << HASH_BITS) - 1)
 
 
+def _cjk_tokens(window: str) -> list[str]:
+    """Character unigrams and bigrams of the CJK runs (none for most prompts)."""
+    out: list[str] = []
+    for run in _CJK.findall(window):
+        out += [f"c:{ch}" for ch in run]
+        out += [f"c2:{run[i:i + 2]}" for i in range(len(run) - 1)]
+    return out
+
+
 def featurize(text: str) -> tuple[IntArray, FloatArray]:
     """Hashed feature indices and L2-normalised log-count values for one text.
 
@@ -94,7 +107,11 @@ def featurize(text: str) -> tuple[IntArray, FloatArray]:
     material cut to its edge sentences), so a long document does not drown the few words
     that say what to do; the document adds a few tokens of its own (size, kind).
     """
-    view = instruction_view(text)
+    return featurize_view(instruction_view(text))
+
+
+def featurize_view(view: View) -> tuple[IntArray, FloatArray]:
+    """:func:`featurize` of an already computed instruction view."""
     window = text_window(view.text).lower()
     data = np.frombuffer(window.encode("utf-8", "replace"), dtype=np.uint8).astype(np.uint64)
     parts = [_byte_ngrams(data, n).astype(np.int64) for n in (3, 4, 5)]
@@ -109,6 +126,7 @@ def featurize(text: str) -> tuple[IntArray, FloatArray]:
         tokens.append(f"first:{words[0]}")
         tokens.append(f"last:{words[-1]}")
     tokens += document_tokens(view)
+    tokens += _cjk_tokens(window)
     parts.append(np.fromiter((_token_hash(t) for t in tokens), dtype=np.int64, count=len(tokens)))
     all_idx = np.concatenate(parts)
     idx, counts = np.unique(all_idx, return_counts=True)
@@ -140,6 +158,10 @@ class LexicalModel:
     mix_weight: float = 1.0
     # Confidence factor of a mixed answer whose stages disagree (client.disagreement_confidence).
     disagree_scale: float = 1.0
+    # Logit scale for a pasted document with a weak instruction (window.weak_instruction):
+    # below 1 it flattens the probabilities, so such prompts are less often accepted here
+    # and their answer's confidence is lower.
+    weak_scale: float = 1.0
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_LEXICAL_WEIGHTS) -> LexicalModel:
@@ -155,6 +177,7 @@ class LexicalModel:
                 mix_weight=float(data["mix_weight"]),
                 disagree_scale=float(data["disagree_scale"]) if "disagree_scale" in data
                 else 1.0,
+                weak_scale=float(data["weak_scale"]) if "weak_scale" in data else 1.0,
             )
 
     def save(self, path: str | Path) -> None:
@@ -169,9 +192,13 @@ class LexicalModel:
             accept_confidence=np.array(self.accept_confidence),
             mix_weight=np.array(self.mix_weight),
             disagree_scale=np.array(self.disagree_scale),
+            weak_scale=np.array(self.weak_scale),
         )
 
     def predict_proba(self, text: str) -> FloatArray:
-        idx, val = featurize(text)
+        view = instruction_view(text)
+        idx, val = featurize_view(view)
         logits = val @ self.weights[idx].astype(np.float32) + self.bias
+        if self.weak_scale != 1.0 and weak_instruction(view):
+            logits *= self.weak_scale
         return softmax(logits)

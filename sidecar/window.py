@@ -18,13 +18,14 @@ import math
 import re
 from dataclasses import dataclass
 
-__all__ = ["View", "document_tokens", "instruction_view"]
+__all__ = ["View", "document_tokens", "instruction_view", "weak_instruction"]
 
 # Texts up to this size are read whole: there is no document to find in them.
 _SHORT_CHARS = 300
 # A paragraph (or line) longer than this is pasted material: cut to its edge sentences.
 _LONG_PARAGRAPH = 220
 _EDGE_CHARS = 160  # at most this much of each kept edge sentence
+_WEAK_CHARS = 20  # a separate instruction shorter than this is a weak one
 _PARAGRAPHS = re.compile(r"\n\s*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
 _SPEAKER = re.compile(r"^\s*[\w#][\w#. ]{0,24}:\s", re.MULTILINE)
@@ -39,6 +40,7 @@ class View:
     text: str  # what the stages read: short parts whole, long parts by their edges
     document_chars: int  # characters of pasted material left out of ``text``
     kind: str  # "" (none), "dialogue", "code" or "prose"
+    instruction_chars: int = 0  # characters of the short parts kept whole (the instruction)
 
 
 def _edges(paragraph: str) -> tuple[str, int]:
@@ -66,10 +68,12 @@ def instruction_view(text: str) -> View:
         paragraphs = [line for line in stripped.split("\n") if line.strip()]
     kept: list[str] = []
     dropped = 0
+    instruction = 0
     longest = ""
     for paragraph in paragraphs:
         if len(paragraph) <= _LONG_PARAGRAPH:
             kept.append(paragraph.strip())
+            instruction += len(kept[-1])
             continue
         edge, lost = _edges(paragraph)
         kept.append(edge)
@@ -84,7 +88,15 @@ def instruction_view(text: str) -> View:
         kind = "code"
     else:
         kind = "prose"
-    return View("\n".join(kept), dropped, kind)
+    return View("\n".join(kept), dropped, kind, instruction)
+
+
+def weak_instruction(view: View) -> bool:
+    """A pasted document with almost nothing around it that says what to do: no separate
+    instruction of 20 characters or more and no question in what is read. The trained
+    stages are least reliable there (measured source-held-out), so their confidence drops."""
+    return (bool(view.document_chars) and view.instruction_chars < _WEAK_CHARS
+            and "?" not in view.text and "？" not in view.text)
 
 
 def document_tokens(view: View) -> list[str]:

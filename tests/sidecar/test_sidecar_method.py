@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zlib
+from dataclasses import replace
 
 import numpy as np
 
-from routegate.sidecar.lexical import LexicalModel, featurize, weight_files
+from routegate.sidecar.lexical import HASH_BITS, LexicalModel, featurize, weight_files
 from routegate.sidecar.routes import route_specs
 from routegate.sidecar.semantic import RouteIndex, mix_known
-from routegate.sidecar.window import document_tokens, instruction_view
+from routegate.sidecar.window import document_tokens, instruction_view, weak_instruction
 
 
 def test_features_are_stable_across_processes() -> None:
@@ -77,3 +79,50 @@ def test_lexical_features_follow_the_instruction_not_the_document() -> None:
     ask = "Summarize the text above in two sentences."
     a, b = (set(featurize(f"{d}\n\n{ask}")[0].tolist()) for d in (doc_a, doc_b))
     assert len(a & b) / len(a | b) > 0.25
+
+
+def test_chinese_requests_are_scored_by_content_not_as_translation() -> None:
+    # MiniLM is English-only: with one Chinese example per route every Chinese request
+    # landed next to the translation examples. Route examples in several languages give
+    # the examples' kNN a same-language neighbour in every route.
+    from routegate.sidecar.convert import ensure_default_model
+    from routegate.sidecar.embedder import Embedder
+
+    prompts = [("帮我用Go语言写一个读取配置文件的程序。", "code"),
+               ("请概括这段会议记录的主要结论。", "summarization"),
+               ("写一篇关于故乡的小短文。", "creative_writing"),
+               ("判断这条微博的情感倾向：正面还是负面？", "classification"),
+               ("请从这段话中提取出所有的日期。", "extraction"),
+               ("一个正方形的边长是6米，它的面积是多少平方米？", "math")]
+    embedder = Embedder(ensure_default_model(), threads=1)
+    specs = route_specs()
+    texts = [t for spec in specs for t in (*spec.examples, spec.description)]
+    labels = np.array([c for c, spec in enumerate(specs) for _ in range(len(spec.examples) + 1)])
+    index = RouteIndex(tuple(s.name for s in specs),
+                       embedder.embed([embedder.fit(t, 64)[0] for t in texts]), labels)
+    probs = index.predict_proba(embedder.embed([embedder.fit(t, 64)[0] for t, _ in prompts]))
+    got = [index.categories[int(k)] for k in probs.argmax(axis=1)]
+    assert "translation" not in got
+    assert sum(g == want for g, (_, want) in zip(got, prompts, strict=True)) >= 4
+
+
+def test_cjk_text_gets_character_bigram_features() -> None:
+    # \w+ reads a whole Chinese clause as one word; two requests sharing the word 总结
+    # ("summarize") share its bigram bucket, which byte 3-5-grams (one character) do not.
+    a, b = (set(featurize(t)[0].tolist()) for t in ("请总结这篇文章", "帮我总结会议"))
+    bigram = zlib.crc32("c2:总结".encode()) & ((1 << HASH_BITS) - 1)
+    assert bigram in a & b
+
+
+def test_document_with_a_weak_instruction_is_less_confident() -> None:
+    article = " ".join(f"The council met on day {i} and agreed on the harbour budget." for i in
+                       range(30))
+    weak = instruction_view(f"{article}\n\nThoughts")
+    clear = instruction_view(f"{article}\n\nSummarize the article above in two sentences.")
+    assert weak_instruction(weak) and not weak_instruction(clear)
+    assert not weak_instruction(instruction_view("What is the capital of France"))
+    model = LexicalModel.load(weight_files("default")[0])
+    assert model.weak_scale < 1.0  # fitted for calibration (bench/classify_train.py)
+    flat = float(model.predict_proba(f"{article}\n\nThoughts").max())
+    sharp = float(replace(model, weak_scale=1.0).predict_proba(f"{article}\n\nThoughts").max())
+    assert flat < sharp
