@@ -142,6 +142,9 @@ def _check_bounds(config: GatewayConfig) -> None:
     _within("retry.same_model_5xx", config.retry.same_model_5xx, 0, 3)
     _check_breaker("adaptive.breaker", config.adaptive.breaker)
     _within("adaptive.feedback_per_minute", config.adaptive.feedback_per_minute, 0, _MAX_PER_MINUTE)
+    classifier = config.classifier
+    _within("classifier.llm_max_tokens", classifier.llm_max_tokens, 8,
+            classifier.llm_context_size // 2)  # the other half: instruction and route list
     for name, model in config.models.items():
         where = f"models.{_key(name)}"
         if model.breaker is not None:

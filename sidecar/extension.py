@@ -41,7 +41,9 @@ class SidecarExtension:
         self.supervisor = SidecarSupervisor(
             socket_path, spawn=config.spawn, model_path=config.model_path, weights=config.weights,
             threads=config.threads, context=config.context_size, gpu_layers=config.gpu_layers,
-            max_tokens=config.max_tokens, startup_timeout_s=config.startup_timeout_s)
+            max_tokens=config.max_tokens, startup_timeout_s=config.startup_timeout_s,
+            llm_model_path=config.llm_model_path, llm_gpu_layers=config.llm_gpu_layers,
+            llm_context=config.llm_context_size, llm_max_tokens=config.llm_max_tokens)
         await self.supervisor.start(wait=False)
         categories = gateway.config.categories
         self.client = SidecarClassifier(
@@ -49,7 +51,9 @@ class SidecarExtension:
             default_category=config.default_category,
             fallback=HeuristicClassifier(categories, config.default_category, method="fallback"),
             routes=route_specs(gateway.config.routes, categories), weights=config.weights,
-            cache_size=config.cache_size, max_in_flight=config.max_in_flight)
+            cache_size=config.cache_size, max_in_flight=config.max_in_flight,
+            llm_mode=config.llm_mode if config.llm_model_path else "off",
+            llm_escalate_below=config.llm_escalate_below)
         await self.client.start()
         await self.client.wait_ready(config.startup_wait_s)
         gateway.classifier = self.client

@@ -35,6 +35,7 @@ __all__ = [
     "Reply",
     "Request",
     "RouteSpec",
+    "Stage",
     "decode_reply",
     "decode_request",
     "encode_frame",
@@ -42,9 +43,12 @@ __all__ = [
 ]
 
 Complexity = Literal["simple", "complex"]
-# Which stage decided: a cached answer, the fast lexical stage, the model, or the fallback
-# used when the sidecar is down, overloaded or the budget ran out.
-Method = Literal["cache", "lexical", "model", "fallback"]
+# Which stage decided: a cached answer, the fast lexical stage, the model, the generative
+# (instruct model) stage, or the fallback used when the sidecar is down, overloaded or the
+# budget ran out.
+Method = Literal["cache", "lexical", "model", "llm", "fallback"]
+# Which sidecar stage a ClassifyRequest asks: the embedding model or the instruct model.
+Stage = Literal["embed", "llm"]
 
 
 class Classification(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,6 +93,7 @@ class ClassifyRequest(msgspec.Struct, frozen=True, kw_only=True, tag_field="type
     # Time the sidecar may still spend, counted from when it reads the frame. A request that
     # cannot finish in time is answered with Expired instead of occupying the model.
     budget_ms: float
+    stage: Stage = "embed"
 
 
 class Pong(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="pong"):
@@ -98,12 +103,14 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="pon
     categories: tuple[str, ...]
     queue_depth: int
     prefill_tok_per_s: float
+    llm_model: str = ""  # the generative stage's model; empty: the sidecar has none
 
 
 class Configured(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="configured"):
     id: int
     categories: tuple[str, ...]
     examples: int
+    llm_model: str = ""  # as in Pong: the generative stage's model, if there is one
 
 
 class ClassifyResult(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="result"):
@@ -112,7 +119,7 @@ class ClassifyResult(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"
     id: int
     categories: tuple[str, ...]
     probs: tuple[float, ...]
-    tokens: int  # tokens actually embedded (after head + tail truncation)
+    tokens: int  # tokens actually embedded (llm stage: prompt tokens prefilled)
     model_ms: float  # inference time
     queue_ms: float  # time spent waiting for the model
 
