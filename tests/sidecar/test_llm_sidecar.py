@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from routegate.sidecar.client import SidecarClassifier
 from routegate.sidecar.convert import ensure_default_model
 from routegate.sidecar.local_llm import default_model_path
 from routegate.sidecar.protocol import (
@@ -23,24 +22,19 @@ from routegate.sidecar.protocol import (
     read_frame,
 )
 from routegate.sidecar.supervisor import SidecarSupervisor
+from tests.sidecar.test_sidecar_process import _client
 
 TEXT = "Translate 'good night' into Italian"
 
 
 @pytest.fixture
 async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarSupervisor]:
-    supervisor = SidecarSupervisor(tmp_path / "s.sock", model_path=str(ensure_default_model()), threads=1,
-                                   llm_model_path=default_model_path(), startup_timeout_s=300)
+    supervisor = SidecarSupervisor(
+        tmp_path / "s.sock", model_path=str(ensure_default_model()), threads=1,
+        llm_model_path=default_model_path(), startup_timeout_s=300)
     assert await supervisor.start()
     yield supervisor
     await supervisor.stop()
-
-
-async def _client(supervisor: SidecarSupervisor, **kwargs: object) -> SidecarClassifier:
-    client = SidecarClassifier(supervisor.socket_path, **kwargs)  # type: ignore[arg-type]
-    await client.start()
-    assert await client.wait_ready(120.0)
-    return client
 
 
 async def test_modes(sidecar: SidecarSupervisor) -> None:
@@ -90,11 +84,14 @@ async def test_route_change_reaches_the_llm_stage(sidecar: SidecarSupervisor) ->
         before = await client.classify("I was charged twice, I want a refund")
         assert before.method == "llm" and before.category != "billing"
         await client.reconfigure((
+            RouteSpec(name="poetry", description="Write a poem."),
             RouteSpec(name="billing", description="Payments, invoices, refunds, charges.",
-                      examples=("I was charged twice for my subscription",)),
-            RouteSpec(name="poetry", description="Write a poem.")))
+                      examples=("I was charged twice for my subscription",))))
         after = await client.classify("I was charged twice, I want a refund")
         assert after.method == "llm" and after.category == "billing"
+        # The stage itself answers over the new routes (not the client mapping old ones).
+        reply = await client._ask("I was charged twice", 10_000, "llm")
+        assert isinstance(reply, ClassifyResult) and reply.categories == ("poetry", "billing")
     finally:
         await client.close()
 
