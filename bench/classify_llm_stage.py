@@ -35,6 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.classify_bench import _percentiles
 from bench.classify_split import DEFAULT_DEV, is_held_back, load_dev
 from routegate.sidecar.client import SidecarClassifier
 from routegate.sidecar.convert import ensure_default_model
@@ -43,17 +44,6 @@ from routegate.sidecar.llm_stage import LlmStage
 from routegate.sidecar.local_llm import default_model_path
 from routegate.sidecar.routes import route_specs
 from routegate.sidecar.supervisor import SidecarSupervisor
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    if not ordered:
-        return {}
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 1)
-
-    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(ordered[-1], 1)}
 
 
 def _run_stage(stage: LlmStage, rows: list[dict[str, Any]]) -> dict[str, Any]:
