@@ -62,6 +62,7 @@ class SidecarExtension:
     def status(self) -> dict[str, object]:
         return {"mode": "sidecar",
                 "ready": self.client is not None and self.client.ready,
+                "llm_model": "" if self.client is None else self.client.llm_model,
                 "sidecar_alive": self.supervisor is not None and self.supervisor.alive,
                 "restarts": 0 if self.supervisor is None else self.supervisor.restarts}
 
