@@ -178,6 +178,9 @@ def _check_bounds(config: GatewayConfig) -> None:
     _check_state(config.state)
     _check_breaker("adaptive.breaker", config.adaptive.breaker)
     _within("adaptive.feedback_per_minute", config.adaptive.feedback_per_minute, 0, _MAX_PER_MINUTE)
+    classifier = config.classifier
+    _within("classifier.llm_max_tokens", classifier.llm_max_tokens, 8,
+            classifier.llm_context_size // 2)  # the other half: instruction and route list
     for name, model in config.models.items():
         where = f"models.{_key(name)}"
         if model.breaker is not None:

@@ -193,6 +193,15 @@ class ClassifierConfig(_Section, frozen=True):
     max_in_flight: int = 4  # deeper sidecar queue: shed to the fast stage
     startup_wait_s: float = 15.0  # gateway start waits this long for the sidecar, then degrades
     startup_timeout_s: float = 120.0
+    # The generative stage: an instruct GGUF loaded by the sidecar beside the embedder, scoring
+    # the route names (sidecar/llm_stage.py). Empty: no such stage.
+    llm_model_path: str = ""
+    llm_gpu_layers: Annotated[int, msgspec.Meta(ge=-1, le=10_000)] = 0  # -1: every layer
+    # escalate: for answers of the fast stages under llm_escalate_below; always: every request
+    llm_mode: Literal["escalate", "always"] = "escalate"
+    llm_escalate_below: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
+    llm_context_size: Annotated[int, msgspec.Meta(ge=256, le=131_072)] = 2048
+    llm_max_tokens: Annotated[int, msgspec.Meta(ge=8, le=8192)] = 128  # request tokens read
 
 
 class LocalConfig(_Section, frozen=True):

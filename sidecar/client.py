@@ -7,6 +7,10 @@
    answer is final;
 3. **model** — otherwise the text goes to the sidecar over its Unix socket with the budget
    that is left; the sidecar's route probabilities are mixed with the lexical ones;
+3b. **llm** — with a generative stage in the sidecar (``llm_mode``): ``"escalate"`` sends a
+   model-stage answer under ``llm_escalate_below`` to it, ``"always"`` every request before
+   the other stages; its answer replaces theirs when it fits the budget left, else theirs
+   stands (the sidecar refuses at once what it cannot finish in time);
 4. **fallback** — when the sidecar is down, not ready, too busy (too many requests already
    in flight) or the budget runs out, the lexical answer (or the configured fallback
    classifier, e.g. :class:`HeuristicClassifier`, when the lexical model does not know the
@@ -29,6 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +52,7 @@ from routegate.sidecar.protocol import (
     Reply,
     Request,
     RouteSpec,
+    Stage,
     decode_reply,
     encode_frame,
     read_frame,
@@ -97,6 +103,8 @@ class SidecarClassifier:
         min_model_ms: float = 8.0,
         reserve_ms: float = 6.0,
         ping_interval_s: float = 0.5,
+        llm_mode: Literal["off", "escalate", "always"] = "off",
+        llm_escalate_below: float = 0.5,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.budget_ms = budget_ms
@@ -123,6 +131,9 @@ class SidecarClassifier:
         # the model's deadline is budget - reserve, so the answer lands inside the budget.
         self.reserve_ms = reserve_ms
         self.ping_interval_s = ping_interval_s
+        self.llm_mode = llm_mode
+        self.llm_escalate_below = llm_escalate_below
+        self.llm_model = ""  # the sidecar's generative stage, from its last Pong
         self._lex_cols: list[tuple[int, int]] = []
         self._lex_complete = False
         self._index_lexical()
@@ -136,7 +147,7 @@ class SidecarClassifier:
         self._in_flight = 0
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
-        self.stats: dict[str, int] = dict.fromkeys(("cache", "lexical", "model", "fallback"), 0)
+        self.stats: dict[str, int] = dict.fromkeys(("cache", "lexical", "model", "llm", "fallback"), 0)
 
     def _index_lexical(self) -> None:
         """Which configured categories the lexical model knows (its output columns)."""
@@ -197,6 +208,8 @@ class SidecarClassifier:
             self._cache.move_to_end(key)
             return self._answer(cached.category, cached.confidence, "cache", text, started)
         lex = self._lexical_probs(text)
+        if self.llm_mode == "always" and (answer := await self._llm(text, started)) is not None:
+            return self._remember(key, answer)
         if lex is not None and self._lex_complete and float(lex.max()) >= self.accept_confidence:
             return self._remember(key, self._from_probs(lex, "lexical", text, started))
         remaining = self.budget_ms - (time.perf_counter() - started) * 1000.0 - self.reserve_ms
@@ -225,8 +238,25 @@ class SidecarClassifier:
         confidence = float(probs[best])
         if disagree and self.lexical is not None:
             confidence = disagreement_confidence(confidence, self.lexical.disagree_scale)
+        if (self.llm_mode == "escalate" and confidence < self.llm_escalate_below
+                and (answer := await self._llm(text, started)) is not None):
+            return self._remember(key, answer)
         return self._remember(
             key, self._answer(self.categories[best], confidence, "model", text, started))
+
+    async def _llm(self, text: str, started: float) -> Classification | None:
+        """The generative stage's answer, or None if it is absent, busy or out of time."""
+        remaining = self.budget_ms - (time.perf_counter() - started) * 1000.0 - self.reserve_ms
+        if (not self.ready or not self.llm_model or self._in_flight >= self.max_in_flight
+                or remaining < self.min_model_ms):
+            return None
+        try:
+            reply = await self._ask(text, remaining, "llm")
+        except (TimeoutError, ConnectionError, OSError, FrameError):
+            return None
+        if not isinstance(reply, ClassifyResult):
+            return None
+        return self._from_probs(self._align(reply), "llm", text, started)
 
     def _lexical_probs(self, text: str) -> npt.NDArray[np.float32] | None:
         """Lexical probabilities over the configured categories (0 for ones it does not know)."""
@@ -277,10 +307,11 @@ class SidecarClassifier:
 
     # --- the connection -------------------------------------------------------------------------
 
-    async def _ask(self, text: str, remaining_ms: float) -> Reply:
+    async def _ask(self, text: str, remaining_ms: float, stage: Stage = "embed") -> Reply:
         if len(text) > 2 * _SEND_CHARS:
             text = text[:_SEND_CHARS] + " … " + text[-_SEND_CHARS:]
-        request = ClassifyRequest(id=next(self._ids), text=text, budget_ms=remaining_ms - 0.5)
+        request = ClassifyRequest(id=next(self._ids), text=text, budget_ms=remaining_ms - 0.5,
+                                  stage=stage)
         self._in_flight += 1
         try:
             async with asyncio.timeout(remaining_ms / 1000.0):
@@ -332,7 +363,7 @@ class SidecarClassifier:
         async with asyncio.timeout(timeout_s):
             reply = await self._call(Configure(id=next(self._ids), routes=self.routes))
         if isinstance(reply, Configured):
-            self._configured = True
+            self._configured, self.llm_model = True, reply.llm_model
             self._last_pong = time.monotonic()
         else:
             log.warning("sidecar refused the routes: %s", reply)
@@ -343,6 +374,7 @@ class SidecarClassifier:
                 reply = decode_reply(await read_frame(reader))
                 if isinstance(reply, Pong):
                     self._last_pong = time.monotonic()
+                    self.llm_model = reply.llm_model
                 future = self._pending.get(reply.id)
                 if future is not None and not future.done():
                     future.set_result(reply)

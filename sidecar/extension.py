@@ -54,6 +54,18 @@ class ClassifierSettings(Protocol):
     def startup_wait_s(self) -> float: ...
     @property
     def startup_timeout_s(self) -> float: ...
+    @property
+    def llm_model_path(self) -> str: ...
+    @property
+    def llm_gpu_layers(self) -> int: ...
+    @property
+    def llm_context_size(self) -> int: ...
+    @property
+    def llm_max_tokens(self) -> int: ...
+    @property
+    def llm_mode(self) -> Literal["escalate", "always"]: ...
+    @property
+    def llm_escalate_below(self) -> float: ...
 
 
 class SidecarExtension:
@@ -78,7 +90,9 @@ class SidecarExtension:
         self.supervisor = SidecarSupervisor(
             socket_path, spawn=config.spawn, model_path=config.model_path, weights=config.weights,
             threads=config.threads, context=config.context_size, gpu_layers=config.gpu_layers,
-            max_tokens=config.max_tokens, startup_timeout_s=config.startup_timeout_s)
+            max_tokens=config.max_tokens, startup_timeout_s=config.startup_timeout_s,
+            llm_model_path=config.llm_model_path, llm_gpu_layers=config.llm_gpu_layers,
+            llm_context=config.llm_context_size, llm_max_tokens=config.llm_max_tokens)
         await self.supervisor.start(wait=False)
         categories = self._categories
         self.client = SidecarClassifier(
@@ -86,7 +100,9 @@ class SidecarExtension:
             default_category=config.default_category,
             fallback=HeuristicClassifier(categories, config.default_category, method="fallback"),
             routes=self._routes, weights=config.weights,
-            cache_size=config.cache_size, max_in_flight=config.max_in_flight)
+            cache_size=config.cache_size, max_in_flight=config.max_in_flight,
+            llm_mode=config.llm_mode if config.llm_model_path else "off",
+            llm_escalate_below=config.llm_escalate_below)
         await self.client.start()
         await self.client.wait_ready(config.startup_wait_s)
         gateway.classifier = self.client
@@ -95,6 +111,7 @@ class SidecarExtension:
     def status(self) -> dict[str, object]:
         return {"mode": "sidecar",
                 "ready": self.client is not None and self.client.ready,
+                "llm_model": "" if self.client is None else self.client.llm_model,
                 "sidecar_alive": self.supervisor is not None and self.supervisor.alive,
                 "restarts": 0 if self.supervisor is None else self.supervisor.restarts}
 

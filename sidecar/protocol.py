@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from typing import Literal
 
 import msgspec
 
@@ -36,11 +37,16 @@ __all__ = [
     "Reply",
     "Request",
     "RouteSpec",
+    "Stage",
     "decode_reply",
     "decode_request",
     "encode_frame",
     "read_frame",
 ]
+
+# Which sidecar stage a ClassifyRequest asks: the embedding model or the instruct model.
+Stage = Literal["embed", "llm"]
+
 
 # --- wire messages -------------------------------------------------------------------------
 
@@ -70,6 +76,7 @@ class ClassifyRequest(msgspec.Struct, frozen=True, kw_only=True, tag_field="type
     # Time the sidecar may still spend, counted from when it reads the frame. A request that
     # cannot finish in time is answered with Expired instead of occupying the model.
     budget_ms: float
+    stage: Stage = "embed"
 
 
 class Pong(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="pong"):
@@ -79,12 +86,14 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="pon
     categories: tuple[str, ...]
     queue_depth: int
     prefill_tok_per_s: float
+    llm_model: str = ""  # the generative stage's model; empty: the sidecar has none
 
 
 class Configured(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="configured"):
     id: int
     categories: tuple[str, ...]
     examples: int
+    llm_model: str = ""  # as in Pong: the generative stage's model, if there is one
 
 
 class ClassifyResult(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="result"):
@@ -93,7 +102,7 @@ class ClassifyResult(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"
     id: int
     categories: tuple[str, ...]
     probs: tuple[float, ...]
-    tokens: int  # tokens actually embedded (after head + tail truncation)
+    tokens: int  # tokens actually embedded (llm stage: prompt tokens prefilled)
     model_ms: float  # inference time
     queue_ms: float  # time spent waiting for the model
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from routegate.sidecar.embedder import Embedder
 from routegate.sidecar.lexical import WEIGHT_VARIANTS, weight_files
+from routegate.sidecar.llm_stage import LlmStage, answer_request
 from routegate.sidecar.protocol import (
     ClassifyRequest,
     ClassifyResult,
@@ -78,8 +79,10 @@ class SidecarServer:
         routes: Sequence[RouteSpec] = (),
         max_tokens: int = 64,
         queue_limit: int = 64,
+        llm: LlmStage | None = None,
     ) -> None:
         self.embedder = embedder
+        self.llm = llm  # the generative stage (``stage="llm"`` requests), if configured
         self.socket_path = Path(socket_path)
         self.head = head
         self.max_tokens = max_tokens
@@ -130,6 +133,8 @@ class SidecarServer:
         loop = asyncio.get_running_loop()
         async with self._model_lock:
             index = await loop.run_in_executor(self._executor, self._build_index, tuple(routes))
+            if self.llm is not None:  # a new prompt prefix, evaluated once
+                await loop.run_in_executor(self._executor, self.llm.set_routes, tuple(routes))
         self._index = index
         log.info("routes: %s (%d examples)", ", ".join(index.categories), len(index.labels))
         return index
@@ -141,6 +146,9 @@ class SidecarServer:
         async with self._model_lock:
             await loop.run_in_executor(self._executor, self.embedder.calibrate)
         await self.configure(self._initial_routes)
+        if self.llm is not None:
+            async with self._model_lock:
+                await loop.run_in_executor(self._executor, self.llm.calibrate)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # a stale socket from a crashed predecessor
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +191,7 @@ class SidecarServer:
                         id=request.id, pid=os.getpid(), model=self.embedder.name,
                         categories=self.categories, queue_depth=self._queue.qsize(),
                         prefill_tok_per_s=round(self.embedder.prefill_tok_per_s, 1),
+                        llm_model=self.llm.name if self.llm is not None else "",
                     ))
                 elif isinstance(request, Configure):
                     task = asyncio.create_task(self._configure_reply(request, writer))
@@ -208,7 +217,8 @@ class SidecarServer:
             self._send(writer, ErrorReply(id=request.id, message=str(exc)))
             return
         self._send(writer, Configured(
-            id=request.id, categories=index.categories, examples=len(index.labels)
+            id=request.id, categories=index.categories, examples=len(index.labels),
+            llm_model=self.llm.name if self.llm is not None else "",
         ))
 
     # --- the model worker -----------------------------------------------------------------------
@@ -248,15 +258,35 @@ class SidecarServer:
         return expired, batch, index.predict_proba(vectors), elapsed_ms
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             candidates = [await self._queue.get()]
             while len(candidates) < _MAX_BATCH and not self._queue.empty():
                 candidates.append(self._queue.get_nowait())
+            # Embeddings first (milliseconds), then the LLM requests one at a time.
+            await self._embed_jobs([job for job in candidates if job.request.stage != "llm"])
+            for job in candidates:
+                if job.request.stage == "llm":
+                    await self._llm_job(job)
+
+    async def _llm_job(self, job: _Job) -> None:
+        loop = asyncio.get_running_loop()
+        reply: Reply = ErrorReply(id=job.request.id, message="no LLM stage")
+        async with self._model_lock:
+            try:
+                if self.llm is not None:
+                    reply = await loop.run_in_executor(self._executor, answer_request, self.llm,
+                                                       job.request, job.received, job.deadline)
+            except (RuntimeError, ValueError) as exc:
+                reply = ErrorReply(id=job.request.id, message=str(exc))
+        self._send(job.writer, reply)
+
+    async def _embed_jobs(self, candidates: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        if candidates:
             async with self._model_lock:
                 index = self._index
                 if index is None:
-                    continue
+                    return
                 try:
                     expired, batch, probs, model_ms = await loop.run_in_executor(
                         self._executor, self._run_batch, candidates, index
@@ -264,7 +294,7 @@ class SidecarServer:
                 except (RuntimeError, ValueError) as exc:
                     for job in candidates:
                         self._send(job.writer, ErrorReply(id=job.request.id, message=str(exc)))
-                    continue
+                    return
             for job in expired:
                 self._send(job.writer, Expired(id=job.request.id, reason="budget"))
             for job, row in zip(batch, probs, strict=True):
@@ -293,6 +323,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="shipped head variant when --head is not given")
     parser.add_argument("--routes", default="",
                         help="TOML file with [routes.NAME] tables (gateway.toml works)")
+    parser.add_argument("--llm-model", default="",
+                        help="instruct GGUF for the generative stage (default: none)")
+    parser.add_argument("--llm-gpu-layers", type=int, default=0)
+    parser.add_argument("--llm-context", type=int, default=2048)
+    parser.add_argument("--llm-max-tokens", type=int, default=128,
+                        help="longest request the generative stage reads")
     parser.add_argument("--log-level", default="info")
     return parser
 
@@ -312,8 +348,10 @@ async def _serve(args: argparse.Namespace) -> int:
     if head is not None and (head.model != embedder.name or head.dim != embedder.dim):
         log.info("trained head is for %s, model is %s: examples only", head.model, embedder.name)
         head = None
+    llm = LlmStage(args.llm_model, threads=args.threads, gpu_layers=args.llm_gpu_layers,
+                   context=args.llm_context, max_tokens=args.llm_max_tokens) if args.llm_model else None
     server = SidecarServer(embedder, args.socket, head=head, routes=routes,
-                           max_tokens=args.max_tokens)
+                           max_tokens=args.max_tokens, llm=llm)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -242,6 +242,10 @@ class SidecarSupervisor(ChildSupervisor):
         max_tokens: int = 64,
         routes_file: str = "",
         weights: str = "default",
+        llm_model_path: str = "",
+        llm_gpu_layers: int = 0,
+        llm_context: int = 2048,
+        llm_max_tokens: int = 128,
         extra_args: Sequence[str] = (),
         startup_timeout_s: float = 120.0,
         backoff_initial_s: float = 0.25,
@@ -257,6 +261,9 @@ class SidecarSupervisor(ChildSupervisor):
             args += ["--model", model_path]
         if routes_file:
             args += ["--routes", routes_file]
+        if llm_model_path:
+            args += ["--llm-model", llm_model_path, "--llm-gpu-layers", str(llm_gpu_layers),
+                     "--llm-context", str(llm_context), "--llm-max-tokens", str(llm_max_tokens)]
         super().__init__(
             "sidecar", [*args, *extra_args] if spawn else None, self._ping,
             startup_timeout_s=startup_timeout_s, backoff_initial_s=backoff_initial_s,
