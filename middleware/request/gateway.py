@@ -179,6 +179,10 @@ class Gateway:
         self.max_output_tokens = max((m.window for m in config.models.values()), default=0)
         self.session_store.configure(config.sessions)
         self.sessions = config.sessions if config.sessions.enabled else None
+        if self.sessions is not None:  # /readyz: how many conversations are pinned
+            self.status["sessions"] = self.session_store.status
+        else:
+            self.status.pop("sessions", None)
         return skipped
 
     async def stop(self) -> None:

@@ -109,6 +109,10 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._pins)
 
+    def status(self) -> dict[str, object]:
+        """For /readyz: pins held and how turns were decided since start."""
+        return {"entries": len(self._pins), **self.verdicts}
+
     def pinned(self, key: str) -> str | None:
         """The conversation's model, or None (unknown or expired)."""
         pin = self._pins.get(key)
