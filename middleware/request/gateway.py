@@ -36,7 +36,7 @@ from routegate.middleware.request.observers import Observers
 from routegate.middleware.request.relay import Relay
 from routegate.middleware.request.routing import AUTO_MODELS, Plan, RouteView, plan_route
 from routegate.middleware.request.scrub import Scrubber
-from routegate.middleware.request.sessions import SessionStore, conversation_key
+from routegate.middleware.request.sessions import SessionStore
 from routegate.middleware.upstream.origins import OriginOptions, unsafe_header
 from routegate.middleware.upstream.transport import FastTransport
 from routegate.middleware.wire.openai import ChatRequest, context_text, message_text
@@ -179,10 +179,9 @@ class Gateway:
         self.max_output_tokens = max((m.window for m in config.models.values()), default=0)
         self.session_store.configure(config.sessions)
         self.sessions = config.sessions if config.sessions.enabled else None
+        self.status.pop("sessions", None)
         if self.sessions is not None:  # /readyz: how many conversations are pinned
             self.status["sessions"] = self.session_store.status
-        else:
-            self.status.pop("sessions", None)
         return skipped
 
     async def stop(self) -> None:
@@ -294,15 +293,9 @@ class Gateway:
         policy = self.policy
         plan = plan_route(request.chat.model, classification, self.config, self.available,
                           None if policy is None else policy.route_view(ctx))
-        sessions = self.sessions
-        if sessions is None or not auto:
+        if self.sessions is None or not auto:
             return plan, None
-        key = conversation_key(request, ctx.headers, ctx.client, sessions.derive)
-        if key is None:
-            return plan, None
-        plan, verdict = self.session_store.stick(key, plan, self.config)
-        ctx.response_headers.append((b"x-routegate-session", verdict.encode()))
-        return plan, key
+        return self.session_store.stick(ctx, request, plan, self.config)
 
     async def _classify(self, request: ClientRequest) -> Classification:
         """The last user turn decides. Only when it is unsure alone (a follow-up such as "and

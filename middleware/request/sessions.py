@@ -39,6 +39,7 @@ from typing import Literal
 import msgspec
 
 from routegate.middleware.config import GatewayConfig, SessionsConfig
+from routegate.middleware.contracts import RequestContext
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.request.routing import Plan
 
@@ -123,11 +124,18 @@ class SessionStore:
             return None
         return pin.model
 
-    def stick(self, key: str, plan: Plan, config: GatewayConfig) -> tuple[Plan, Verdict]:
-        """``plan`` with the conversation's model first where it may stay (module docstring)."""
+    def stick(self, ctx: RequestContext, request: ClientRequest, plan: Plan,
+              config: GatewayConfig) -> tuple[Plan, str | None]:
+        """``plan`` with the conversation's model first where it may stay (module docstring),
+        and the conversation's key (None: the request is not part of one). The verdict goes
+        to the client in ``x-routegate-session``."""
+        key = conversation_key(request, ctx.headers, ctx.client, config.sessions.derive)
+        if key is None:
+            return plan, None
         verdict, plan = _stick(self.pinned(key), plan, config)
         self.verdicts[verdict] += 1
-        return plan, verdict
+        ctx.response_headers.append((b"x-routegate-session", verdict.encode()))
+        return plan, key
 
     def put(self, key: str, model: str) -> None:
         """``model`` answered the conversation: it is the pin for another ``ttl_s``."""
