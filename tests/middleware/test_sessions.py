@@ -7,9 +7,11 @@ needs 0.7 and code 0.85, so a chat turn alone goes to ``cheap`` and a code turn 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -179,3 +181,23 @@ def test_session_config_is_bounded() -> None:
     for bad in ({"ttl_s": 0}, {"max_entries": 0}, {"ttl_s": float("nan")}):
         with pytest.raises(ConfigError, match="sessions"):
             parse_config(pool_raw({"fake": "http://127.0.0.1:1"}, extra={"sessions": bad}))
+
+
+def test_a_disabled_pinned_model_moves_the_pin(fake_openai: tuple[FakeProvider, str]) -> None:
+    _, url = fake_openai
+    token = "sessions-admin-token"
+    os.environ["ROUTEGATE_SESSIONS_ADMIN"] = token
+    extra = {**SESSIONS, "admin": {"token_env": "ROUTEGATE_SESSIONS_ADMIN"}}
+    with running_gateway(pool_config({"fake": url}, extra=extra)) as gateway_url:
+        client = openai.OpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0)
+        admin = {"authorization": f"Bearer {token}"}
+        chat = Conversation(client, session="conv-disabled")
+        assert chat.turn(CODE) == ("mid", "new")
+        assert httpx.post(gateway_url + "/admin/models/mid/disable", headers=admin,
+                          timeout=10.0).status_code == 200
+        assert chat.turn(CHAT) == ("cheap", "moved")
+        assert httpx.post(gateway_url + "/admin/models/mid/enable", headers=admin,
+                          timeout=10.0).status_code == 200
+        assert chat.turn(CHAT) == ("cheap", "kept")  # the pin moved with the answer
+        status = httpx.get(gateway_url + "/readyz", timeout=10.0).json()["sessions"]
+        assert status == {"entries": 1, "new": 1, "kept": 1, "moved": 1, "escalated": 0}
