@@ -388,7 +388,8 @@ async def read_body(receive: Receive, limit: int) -> bytes:
 
 
 async def respond_json(send: Send, status: int, body: bytes, ctx: RequestContext,
-                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
+                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A whole JSON answer with the request's headers (ID, category, observers' extras)."""
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()),
                (b"x-request-id", ctx.request_id.encode()), *ctx.response_headers]

@@ -169,18 +169,6 @@ class SessionStore:
         self._pins[key] = _Pin(model, expires_at, expires_at)
         self._trim(now)
 
-    def snapshot(self, limit: int) -> list[tuple[str, str, float]]:
-        """The ``limit`` most recent live pins, newest first (for tests and stats)."""
-        now = self.wall()
-        out: list[tuple[str, str, float]] = []
-        for key in reversed(self._pins):
-            pin = self._pins[key]
-            if pin.expires_at > now:
-                out.append((key, pin.model, pin.expires_at))
-                if len(out) >= limit:
-                    break
-        return out
-
     def _trim(self, now: float) -> None:
         pins = self._pins
         while len(pins) > self.capacity:
