@@ -34,6 +34,7 @@ from routegate.middleware.config_schema import (
     RetryConfig,
     RouteConfig,
     ServerConfig,
+    SessionsConfig,
     SloConfig,
     StateConfig,
     TelemetryConfig,
@@ -61,6 +62,7 @@ __all__ = [
     "RetryConfig",
     "RouteConfig",
     "ServerConfig",
+    "SessionsConfig",
     "SloConfig",
     "StateConfig",
     "TelemetryConfig",
@@ -176,6 +178,8 @@ def _check_bounds(config: GatewayConfig) -> None:
     finite."""
     _within("retry.same_model_5xx", config.retry.same_model_5xx, 0, 3)
     _check_state(config.state)
+    _within("sessions.ttl_s", config.sessions.ttl_s, 1.0, 7 * 86_400.0)
+    _within("sessions.max_entries", config.sessions.max_entries, 1, 10_000_000)
     _check_breaker("adaptive.breaker", config.adaptive.breaker)
     _within("adaptive.feedback_per_minute", config.adaptive.feedback_per_minute, 0, _MAX_PER_MINUTE)
     classifier = config.classifier

@@ -31,6 +31,7 @@ __all__ = [
     "RetryConfig",
     "RouteConfig",
     "ServerConfig",
+    "SessionsConfig",
     "SloConfig",
     "StateConfig",
     "TelemetryConfig",
@@ -251,6 +252,17 @@ class AdaptiveConfig(_Section, frozen=True):
     feedback_per_minute: int = 600  # feedback posts per client key (sliding minute); 0: no limit
 
 
+class SessionsConfig(_Section, frozen=True):
+    """Sticky routing per conversation (``middleware/request/sessions.py``): a conversation's
+    ``auto`` turns stay on the pool model that answered it, for ``ttl_s`` after its last turn,
+    unless that model fails or is unavailable, or a turn needs a stronger tier."""
+
+    enabled: bool = False
+    ttl_s: float = 1800.0  # a pin lives this long after the conversation's last answered turn
+    max_entries: int = 100_000  # conversations remembered (least recently answered forgotten)
+    derive: bool = True  # no x-routegate-session header: key multi-turn chats by their start
+
+
 class AdminConfig(_Section, frozen=True):
     token_env: str = ""  # env var holding the admin bearer token; empty or unset: no admin API
     config_path: str = ""  # what /admin/reload re-reads; empty: the file the config came from
@@ -363,6 +375,7 @@ class GatewayConfig(_Section, frozen=True):
     adaptive: AdaptiveConfig = AdaptiveConfig()
     admin: AdminConfig = AdminConfig()
     state: StateConfig = StateConfig()
+    sessions: SessionsConfig = SessionsConfig()
     clients: dict[str, ClientConfig] = {}  # empty: no client key required
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, ModelConfig] = {}

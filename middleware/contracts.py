@@ -47,9 +47,10 @@ __all__ = [
 # --- classification ----------------------------------------------------------------------
 
 Complexity = Literal["simple", "complex"]
-# Which stage decided: a cached answer, the fast lexical stage, the model, or the fallback
-# used when the sidecar is down, overloaded or the budget ran out.
-Method = Literal["cache", "lexical", "model", "fallback"]
+# Which stage decided: a cached answer, the fast lexical stage, the model, the generative
+# (instruct model) stage, or the fallback used when the sidecar is down, overloaded or the
+# budget ran out.
+Method = Literal["cache", "lexical", "model", "llm", "fallback"]
 
 
 class Classification(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,6 +20,8 @@ def default_extensions(config: GatewayConfig) -> list[GatewayExtension]:
     extensions.append(TelemetryExtension(config.telemetry))
     from routegate.middleware.request.ingress_anthropic import AnthropicIngress  # {prefix}/messages
     extensions.append(AnthropicIngress())
+    from routegate.middleware.request.route_only import RouteOnly  # {prefix}/route: decide only
+    extensions.append(RouteOnly())
     # health, budgets, feedback, /admin
     from routegate.middleware.operations.adaptive import AdaptiveExtension
     extensions.append(AdaptiveExtension())

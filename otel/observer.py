@@ -246,6 +246,8 @@ class TelemetryObserver:
         final = _answering_attempt(ctx, outcome)
         if final is not None:
             attrs[a.RG_MODEL] = final.model
+        elif outcome.model is not None:  # decided without an attempt (POST {prefix}/route)
+            attrs[a.RG_MODEL] = outcome.model
         fallback = False
         if ctx.attempts:
             fallback = any(t.model != ctx.attempts[0].model for t in ctx.attempts)

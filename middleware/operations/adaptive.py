@@ -135,15 +135,17 @@ class AdaptiveExtension:
 
     async def _share(self, gateway: Gateway, config: GatewayConfig) -> None:
         """Connect to the shared state: budgets and limits go through it from now on."""
-        from routegate.middleware.state.operator_sync import share_operator_state
         from routegate.middleware.state.health_sync import HealthSync
+        from routegate.middleware.state.operator_sync import share_operator_state
         from routegate.middleware.state.redis_state import RedisState  # imports redis
+        from routegate.middleware.state.session_sync import SessionSync
 
         state = config.state
         self.shared = RedisState(state, state.resolve_url(), state.resolve_replica_id())
         self.limiter.shared = self.shared
         self.operator_sync = share_operator_state(self.shared, self)
         HealthSync(self.shared, self.registry).install()
+        SessionSync(self.shared, gateway.session_store)  # conversations keep their model
         self.shared.set_heartbeat(self._heartbeat)
         await self.shared.start()
         gateway.status["state"] = self.shared.status

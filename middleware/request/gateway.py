@@ -18,7 +18,7 @@ import msgspec
 from starlette.routing import BaseRoute
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
-from routegate.middleware.config import ConfigError, GatewayConfig, ProviderConfig
+from routegate.middleware.config import ConfigError, GatewayConfig, ProviderConfig, SessionsConfig
 from routegate.middleware.contracts import (
     ChatPolicy,
     Classification,
@@ -36,12 +36,13 @@ from routegate.middleware.request.observers import Observers
 from routegate.middleware.request.relay import Relay
 from routegate.middleware.request.routing import AUTO_MODELS, Plan, RouteView, plan_route
 from routegate.middleware.request.scrub import Scrubber
+from routegate.middleware.request.sessions import SessionStore
 from routegate.middleware.upstream.origins import OriginOptions, unsafe_header
 from routegate.middleware.upstream.transport import FastTransport
-from routegate.middleware.wire.openai import ChatRequest, message_text
+from routegate.middleware.wire.openai import ChatRequest, context_text, message_text
 from routegate.sidecar.heuristic import HeuristicClassifier
 
-__all__ = ["Endpoint", "Gateway", "GatewayExtension", "GatewayPolicy"]
+__all__ = ["Endpoint", "Gateway", "GatewayExtension", "GatewayPolicy", "respond_json"]
 
 log = logging.getLogger("routegate")
 
@@ -98,6 +99,10 @@ class Gateway:
         self.error_bodies: dict[str, Callable[[GatewayError], bytes]] = {}
         self.max_output_tokens = 0  # the pool's largest context window (0: no pool)
         self.status: dict[str, Callable[[], object]] = {}  # extensions' parts of /readyz
+        # Sticky conversations: the store always exists (the fleet wiring holds on to it);
+        # ``sessions`` is the config while enabled, None otherwise (one test per request)
+        self.session_store = SessionStore(config.sessions)
+        self.sessions: SessionsConfig | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -172,6 +177,11 @@ class Gateway:
         self.config, self.pool, self.available = config, pool, frozenset(pool)
         self._relay, self._models_body, self.skipped_providers = relay, models_body, skipped
         self.max_output_tokens = max((m.window for m in config.models.values()), default=0)
+        self.session_store.configure(config.sessions)
+        self.sessions = config.sessions if config.sessions.enabled else None
+        self.status.pop("sessions", None)
+        if self.sessions is not None:  # /readyz: how many conversations are pinned
+            self.status["sessions"] = self.session_store.status
         return skipped
 
     async def stop(self) -> None:
@@ -228,7 +238,7 @@ class Gateway:
                            send: Send) -> RequestOutcome:
         if scope["method"] != "GET":
             raise GatewayError("Use GET for this endpoint", status=405, code="method_not_allowed")
-        await _respond(send, 200, self._models_body, ctx)
+        await respond_json(send, 200, self._models_body, ctx)
         return RequestOutcome(200, "success")
 
     async def _chat(self, scope: Scope, ctx: RequestContext, receive: Receive,
@@ -247,12 +257,35 @@ class Gateway:
         """Classify (for ``auto``), plan and relay one OpenAI-format request; the answer goes
         to ``send`` in OpenAI format (other ingress formats wrap ``send`` to translate)."""
         assert self._relay is not None, "Gateway.start() was not awaited"
-        _check_output_tokens(request, self.max_output_tokens)
+        self.check_limits(request)
         ctx.requested_model, ctx.stream = request.chat.model, request.stream
+        plan, conversation = await self.decide(ctx, request)
+        policy = self.policy
+        if policy is None:
+            outcome = await self._relay.run(ctx, request, plan.models, send, receive)
+        else:
+            await policy.admit(ctx, request, plan)  # budget reservation (429), breaker probes
+            try:
+                outcome = await self._relay.run(ctx, request, plan.models, send, receive)
+            finally:
+                policy.settle(ctx)
+        if conversation is not None and outcome.model is not None and outcome.result == "success":
+            self.session_store.put(conversation, outcome.model)  # the pin moves with fallbacks
+        return outcome
+
+    def check_limits(self, request: ClientRequest) -> None:
+        """400 for output limits no model of the pool could honour."""
+        _check_output_tokens(request, self.max_output_tokens)
+
+    async def decide(self, ctx: RequestContext, request: ClientRequest) -> tuple[Plan, str | None]:
+        """Classify (for ``auto``) and plan one request (checked by :meth:`check_limits`),
+        the conversation's pinned model first where it may stay; returns the plan and the
+        conversation's key (None: no sticky session)."""
         classification: Classification | None = None
-        if request.chat.model in AUTO_MODELS:
+        auto = request.chat.model in AUTO_MODELS
+        if auto:
             ctx.classify_started_at = time.perf_counter()
-            classification = await self.classifier.classify(message_text(request.chat.messages))
+            classification = await self._classify(request)
             ctx.classify_ended_at = time.perf_counter()
             ctx.classification, ctx.category = classification, classification.category
             if self.observers:
@@ -260,21 +293,30 @@ class Gateway:
         policy = self.policy
         plan = plan_route(request.chat.model, classification, self.config, self.available,
                           None if policy is None else policy.route_view(ctx))
-        if policy is None:
-            return await self._relay.run(ctx, request, plan.models, send, receive)
-        await policy.admit(ctx, request, plan)  # budget reservation (429), breaker probes
-        try:
-            return await self._relay.run(ctx, request, plan.models, send,
-                                         receive)
-        finally:
-            policy.settle(ctx)
+        if self.sessions is None or not auto:
+            return plan, None
+        return self.session_store.stick(ctx, request, plan, self.config)
+
+    async def _classify(self, request: ClientRequest) -> Classification:
+        """The last user turn decides. Only when it is unsure alone (a follow-up such as "and
+        now make it shorter") is it classified again with the previous user turn as context,
+        and the surer answer taken: context never outvotes a turn that is clear by itself."""
+        messages = request.chat.messages
+        found = await self.classifier.classify(message_text(messages))
+        if found.confidence < self.config.classifier.escalate_below:
+            text = context_text(messages)
+            if text is not None:
+                with_context = await self.classifier.classify(text)
+                if with_context.confidence > found.confidence:
+                    return with_context
+        return found
 
     async def _send_error(self, ctx: RequestContext, exc: GatewayError, send: Send) -> None:
         if any(attempt.committed for attempt in ctx.attempts):
             return  # the answer already started; the relay ended it in-band
         extra = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
         render = self.error_bodies.get(ctx.path)
-        await _respond(send, exc.status, exc.body() if render is None else render(exc), ctx, extra)
+        await respond_json(send, exc.status, exc.body() if render is None else render(exc), ctx, extra)
 
 
 def _origin_options(provider: ProviderConfig) -> OriginOptions:
@@ -345,8 +387,9 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _respond(send: Send, status: int, body: bytes, ctx: RequestContext,
-                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def respond_json(send: Send, status: int, body: bytes, ctx: RequestContext,
+                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A whole JSON answer with the request's headers (ID, category, observers' extras)."""
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()),
                (b"x-request-id", ctx.request_id.encode()), *ctx.response_headers]

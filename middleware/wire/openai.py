@@ -22,8 +22,13 @@ __all__ = [
     "StreamOptions",
     "UpstreamError",
     "Usage",
+    "context_text",
     "message_text",
 ]
+
+# Of the earlier user turn, a follow-up's second classification sees this much: enough to
+# carry the conversation's topic into "and now make it shorter", not a whole pasted document.
+CONTEXT_CHARS = 300
 
 # Choices per request. OpenAI allows up to 128; every choice multiplies the output that the
 # budget reserves, and no routing use needs more than a handful.
@@ -98,6 +103,21 @@ def message_text(messages: list[ChatMessage], limit: int = 4000) -> str:
         half = limit // 2
         text = text[:half] + " … " + text[-half:]
     return text
+
+
+def context_text(messages: list[ChatMessage], limit: int = 4000) -> str | None:
+    """:func:`message_text` with the head of the previous user turn before the last one: what
+    a follow-up is classified from when the last turn alone is unsure. None for a request with
+    a single user turn."""
+    last = previous = -1
+    for index, message in enumerate(messages):
+        if message.role == "user":
+            last, previous = index, last
+    if previous < 0:
+        return None
+    earlier = _content_text(messages[previous].content)[:CONTEXT_CHARS]
+    text = message_text(messages, limit)
+    return f"{earlier}\n{text}" if earlier else text
 
 
 def _content_text(content: str | list[dict[str, Any]] | None) -> str:

@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind
 from bench.fakes import serve_in_thread
 from routegate.middleware import Gateway, GatewayConfig, RouterMiddleware
 from routegate.middleware.asgi_types import Receive, Scope, Send
+from routegate.middleware.request.gateway import GatewayExtension
 from routegate.otel import TelemetryExtension
 
 
@@ -72,10 +73,11 @@ PATHS = ["sdk", "own"]  # an injected SDK provider, or the provider routegate bu
 
 
 @contextmanager
-def traced_gateway(config: GatewayConfig, path: str = "sdk") -> Iterator[Traced]:
+def traced_gateway(config: GatewayConfig, path: str = "sdk", *,
+                   also: list[GatewayExtension] | None = None) -> Iterator[Traced]:
     """``path="sdk"``: an injected SDK TracerProvider (what a host's provider gets);
     ``"own"``: the SDK TracerProvider and light tracer routegate builds for itself, feeding a
-    test processor."""
+    test processor. ``also``: more extensions, started after telemetry."""
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -87,7 +89,7 @@ def traced_gateway(config: GatewayConfig, path: str = "sdk") -> Iterator[Traced]
     else:
         extension = TelemetryExtension(config.telemetry, tracer_provider=tracer_provider,
                                        meter_provider=meter_provider)
-    app = RouterMiddleware(host_app, gateway=Gateway(config, extensions=[extension]))
+    app = RouterMiddleware(host_app, gateway=Gateway(config, extensions=[extension, *(also or [])]))
     try:
         with serve_in_thread(app, lifespan="on") as url:
             yield Traced(url, exporter, reader, extension)
