@@ -8,7 +8,8 @@ headline, 5 folds grouped by ``source``; 5 folds by id over the rows outside the
 split ("inner"); and the fixed held-back 20 %, only reported. The cascade's scalars (kNN
 weight, lexical weight, accept threshold) are picked on the source-held-out predictions,
 ties (within ``TIE``) broken by the inner folds; the disagreement and weak-instruction
-factors of the confidence for the lowest source-held-out calibration error. ``--write`` then trains the shipped weights on every
+factors of the confidence for the lowest source-held-out calibration error. ``--write`` then
+trains the shipped weights on every
 development row outside the held-back split (plus the route examples and the
 recombinations) and writes ``sidecar/lexical{suffix}.npz`` and ``sidecar/embed_head{suffix}.npz``.
 
