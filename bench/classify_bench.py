@@ -215,6 +215,10 @@ def main() -> int:
     parser.add_argument("--no-cv", action="store_true", help="skip the source-held-out part")
     parser.add_argument("--smollm2", action="store_true",
                         help="also measure SmolLM2-135M Q4_1 prefill for comparison")
+    parser.add_argument("--llm-stage", action="store_true",
+                        help="then the generative stage (bench/classify_llm_stage.py, SmolLM2 "
+                             "on CPU unless --llm-model): accuracy, latency with/without cache")
+    parser.add_argument("--llm-model", default="", help="instruct GGUF for --llm-stage")
     args = parser.parse_args()
     load1 = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -256,6 +260,10 @@ def main() -> int:
         if "smollm2_prefill" in results:
             print(f"SmolLM2-135M Q4_1 prefill: {results['smollm2_prefill']}")
     print(json.dumps(results))
+    if args.llm_stage:  # minutes on a CPU: only when asked
+        from bench.classify_llm_stage import main as llm_stage_main
+
+        return llm_stage_main(["--model", args.llm_model] if args.llm_model else [])
     return 0
 
 
