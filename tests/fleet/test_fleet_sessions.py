@@ -51,9 +51,13 @@ def test_a_conversation_continued_on_another_replica_keeps_its_model(
 
         # a replica started later reads the pins written through to Redis
         stored = redis.Redis.from_url(redis_server.url, decode_responses=True)
+
+        def index() -> str | None:  # pins are written through with the next flush
+            keys = [str(k) for k in stored.keys("*") if str(k).endswith(":sess")]
+            return keys[0] if keys and stored.zcard(keys[0]) == 2 else None
+
+        fleet.wait_until(index, "both pins written through to Redis")
         names = [str(k) for k in stored.keys("*")]
-        index = [k for k in names if k.endswith(":sess")]
-        assert index and stored.zcard(index[0]) == 2
         assert not any("fleet-conversation" in k for k in names)  # hashes only
     with serve_in_thread(fake) as fake_url, running_fleet(
             tmp_path, redis_server, {"fake": fake_url}, replicas=1,
