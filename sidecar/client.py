@@ -17,9 +17,8 @@
    configured routes) is returned, marked ``method="fallback"``.
 
 One connection multiplexes every request (ids match replies to waiters). A background task
-keeps it connected (reconnecting with backoff after the sidecar restarts), teaches the
-sidecar the configured routes on every (re)connect, and pings it; :attr:`ready` is true only
-while the last ping was answered.
+keeps it connected (with backoff), teaches the sidecar the configured routes on every
+(re)connect and pings it; :attr:`ready` is true only while the last ping was answered.
 """
 
 from __future__ import annotations
@@ -72,12 +71,9 @@ _SEND_CHARS = 2000  # head and tail sent to the sidecar; it embeds far fewer tok
 
 
 def disagreement_confidence(confidence: float, scale: float) -> float:
-    """The confidence of a mixed answer whose two stages picked different routes.
-
-    Measured source-held-out, such answers are right far less often than agreeing ones
-    (65 % vs 93 %), so their confidence is scaled down (``LexicalModel.disagree_scale``,
-    fitted with the weights) and the router's ``escalate_below`` catches more of them.
-    """
+    """The confidence of a mixed answer whose stages disagree: such answers are right far
+    less often (65 % vs 93 % source-held-out), so it is scaled down (``disagree_scale``,
+    fitted with the weights) and the router's ``escalate_below`` catches more of them."""
     return confidence * scale
 
 
@@ -212,15 +208,8 @@ class SidecarClassifier:
             return self._remember(key, answer)
         if lex is not None and self._lex_complete and float(lex.max()) >= self.accept_confidence:
             return self._remember(key, self._from_probs(lex, "lexical", text, started))
-        remaining = self.budget_ms - (time.perf_counter() - started) * 1000.0 - self.reserve_ms
-        if (not self.ready or self._in_flight >= self.max_in_flight
-                or remaining < self.min_model_ms):
-            return await self._fallback(text, lex, started)
-        try:
-            reply = await self._ask(text, remaining)
-        except (TimeoutError, ConnectionError, OSError, FrameError):
-            return await self._fallback(text, lex, started)
-        if not isinstance(reply, ClassifyResult):
+        reply = await self._ask_in_budget(text, started, "embed")
+        if reply is None:
             return await self._fallback(text, lex, started)
         probs = self._align(reply)
         disagree = False
@@ -246,17 +235,23 @@ class SidecarClassifier:
 
     async def _llm(self, text: str, started: float) -> Classification | None:
         """The generative stage's answer, or None if it is absent, busy or out of time."""
+        reply = await self._ask_in_budget(text, started, "llm") if self.llm_model else None
+        return None if reply is None else self._from_probs(self._align(reply), "llm", text,
+                                                           started)
+
+    async def _ask_in_budget(self, text: str, started: float,
+                             stage: Stage) -> ClassifyResult | None:
+        """The sidecar's answer for ``stage`` with the budget left, or None when it is down,
+        busy, out of time or refuses."""
         remaining = self.budget_ms - (time.perf_counter() - started) * 1000.0 - self.reserve_ms
-        if (not self.ready or not self.llm_model or self._in_flight >= self.max_in_flight
+        if (not self.ready or self._in_flight >= self.max_in_flight
                 or remaining < self.min_model_ms):
             return None
         try:
-            reply = await self._ask(text, remaining, "llm")
+            reply = await self._ask(text, remaining, stage)
         except (TimeoutError, ConnectionError, OSError, FrameError):
             return None
-        if not isinstance(reply, ClassifyResult):
-            return None
-        return self._from_probs(self._align(reply), "llm", text, started)
+        return reply if isinstance(reply, ClassifyResult) else None
 
     def _lexical_probs(self, text: str) -> npt.NDArray[np.float32] | None:
         """Lexical probabilities over the configured categories (0 for ones it does not know)."""
