@@ -4,8 +4,8 @@ Features are computed with numpy over the UTF-8 bytes of the text's instruction 
 (``window.py``: pasted material cut to its edge sentences, then a head + tail window), so
 the instruction is not drowned by a document and the cost is bounded whatever the input
 length. Byte 3-5-grams cover words, morphology and CJK characters alike; word
-unigrams and bigrams and a few shape tokens (length bucket, first and last word) add the
-rest. Hashing (no vocabulary) keeps the shipped weights one small array.
+unigrams and bigrams and a few shape tokens (length bucket, first and last word, a yes/no
+question) add the rest. Hashing (no vocabulary) keeps the shipped weights one small array.
 
 The weights are trained offline by ``bench/classify_train.py`` and shipped as
 ``lexical.npz`` beside this module.
@@ -45,6 +45,15 @@ _PRIME = np.uint64(1000003)
 _SHIFT = np.uint64(64 - HASH_BITS)
 _WORD = re.compile(r"\w+")
 _WINDOW_CHARS = 600
+# A question opened by an auxiliary verb ("Would a vegan eat ...?", "Is it safe to ...?") is
+# a yes/no question: one token for the conjunction (the linear model cannot form it from
+# "first:" and "end:"), another when it is addressed to "you" (small talk, mostly).
+# The impersonal one is counted three times: the StrategyQA-style implicit reasoning
+# question otherwise reads as a lookup (measured: inner folds +0.005 macro-F1).
+_AUXILIARIES = frozenset({
+    "is", "are", "was", "were", "am", "do", "does", "did", "can", "could", "would", "will",
+    "should", "shall", "has", "have", "had", "may", "might", "must",
+})
 # Scripts written without spaces between words: ``\w+`` reads a whole clause as one
 # "word", so these get character uni- and bigram tokens instead.
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
@@ -125,6 +134,11 @@ def featurize_view(view: View) -> tuple[IntArray, FloatArray]:
     if words:
         tokens.append(f"first:{words[0]}")
         tokens.append(f"last:{words[-1]}")
+        if words[0] in _AUXILIARIES and stripped.rstrip().endswith("?"):
+            if {"you", "your"} & set(words):
+                tokens.append("q:yesno-you")
+            else:
+                tokens += ["q:yesno"] * 3
     tokens += document_tokens(view)
     tokens += _cjk_tokens(window)
     parts.append(np.fromiter((_token_hash(t) for t in tokens), dtype=np.int64, count=len(tokens)))
