@@ -41,9 +41,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.classify_split import DEFAULT_DEV, is_held_back, load_dev
+from routegate.middleware.config_schema import ClassifierConfig
 from routegate.sidecar.client import SidecarClassifier
 from routegate.sidecar.evaluation import evaluate
 from routegate.sidecar.supervisor import SidecarSupervisor, ping
+
+ESCALATE_BELOW = ClassifierConfig().escalate_below  # the shipped default
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -148,7 +151,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["model"] = pong.model
             results["prefill_tok_per_s"] = pong.prefill_tok_per_s
 
-            cascade = SidecarClassifier(socket, budget_ms=args.budget_ms, weights=w)
+            # As the gateway builds it: doubtful answers held under escalate_below.
+            cascade = SidecarClassifier(socket, budget_ms=args.budget_ms, weights=w,
+                                        doubtful_below=ESCALATE_BELOW)
             await cascade.start()
             await cascade.wait_ready()
             report = await evaluate(cascade, held, progress=True)
@@ -246,7 +251,8 @@ def main() -> int:
         cal = cascade["calibration"]
         print(f"cascade calibration: ECE {cal['ece']:.3f}; confidence >= {cal['escalate_below']}: "
               f"{cal['above']['n']} answers, accuracy {cal['above']['accuracy']:.3f}; below: "
-              f"{cal['below']['n']}, accuracy {cal['below']['accuracy']:.3f}")
+              f"{cal['below']['n']}, accuracy {cal['below']['accuracy']:.3f}; wrong at >= "
+              f"{cal['escalate_below']}: {round(cal['above']['n'] * (1 - cal['above']['accuracy']))}")
         load = results["load"]
         print(f"load {load['achieved_rps']} req/s: latency {load['latency_ms']}  "
               f"model share {load['model_share']}  methods {load['methods']}")
@@ -256,7 +262,10 @@ def main() -> int:
             print(f"source-held-out, {variant} weights: cascade macro-F1 {src.get('cascade', 0):.3f} "
                   f"(lexical {src.get('lexical', 0):.3f}, head {src.get('head', 0):.3f}, kNN "
                   f"{src.get('knn', 0):.3f}), lowest recall {src.get('min_recall', 0):.2f}, ECE "
-                  f"{src.get('ece', 0):.3f}; held-back split (offline) {rnd.get('cascade', 0):.3f}")
+                  f"{src.get('ece', 0):.3f} ({src.get('ece_plain', 0):.3f} without holding "
+                  f"doubtful answers down), wrong at >= 0.5: {src.get('confident_wrong', 0)} "
+                  f"({src.get('confident_wrong_plain', 0)}); held-back split (offline) "
+                  f"{rnd.get('cascade', 0):.3f}")
         if "smollm2_prefill" in results:
             print(f"SmolLM2-135M Q4_1 prefill: {results['smollm2_prefill']}")
     print(json.dumps(results))

@@ -33,7 +33,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.classify_split import is_held_back
-from routegate.sidecar.client import DEFAULT_CATEGORIES, disagreement_confidence
+from routegate.sidecar.client import DEFAULT_CATEGORIES
+from routegate.sidecar.confidence import disagreement_confidence, doubtful_confidence
 from routegate.sidecar.lexical import HASH_BITS, featurize, softmax
 from routegate.sidecar.routes import default_routes
 from routegate.sidecar.semantic import RouteIndex, mix_known
@@ -359,8 +360,10 @@ class Mix:
     weak_scale: float = 1.0
 
 
-def cascade(stages: dict[str, F], mix: Mix) -> tuple[F, npt.NDArray[np.float32], Ix]:
-    """(final probabilities, confidence, 1 where the model stage was asked) per row."""
+def cascade(stages: dict[str, F], mix: Mix,
+            doubtful_below: float | None = None) -> tuple[F, npt.NDArray[np.float32], Ix]:
+    """(final probabilities, confidence, 1 where the model stage was asked) per row; with
+    ``doubtful_below``, doubtful answers are held under it as the client does."""
     knn = stages.get(f"knn@{mix.temperature}", stages["knn"])
     head, lex = stages["head"], stages["lexical"]
     if mix.weak_scale != 1.0 and "weak" in stages:
@@ -375,4 +378,7 @@ def cascade(stages: dict[str, F], mix: Mix) -> tuple[F, npt.NDArray[np.float32],
     disagree = (~accepted) & (model.argmax(axis=1) != lex.argmax(axis=1))
     confidence = np.where(disagree, [disagreement_confidence(float(c), mix.disagree_scale)
                                      for c in confidence], confidence).astype(np.float32)
+    doubtful = disagree | (stages["weak"] > 0) if "weak" in stages else disagree
+    confidence = np.array([doubtful_confidence(float(c), bool(d), doubtful_below)
+                           for c, d in zip(confidence, doubtful, strict=True)], dtype=np.float32)
     return final, confidence, (~accepted).astype(np.int64)

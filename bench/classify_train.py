@@ -34,20 +34,26 @@ import numpy as np
 
 from bench import classify_cv as cv
 from bench.classify_split import DEFAULT_DEV, is_held_back
+from routegate.middleware.config_schema import ClassifierConfig
 from routegate.sidecar.evaluation import calibration, metrics
 from routegate.sidecar.lexical import LexicalModel
 from routegate.sidecar.semantic import EmbeddingHead
 
+# The shipped classifier.escalate_below: the client holds doubtful answers under it.
+ESCALATE_BELOW = ClassifierConfig().escalate_below
 TIE = 0.003  # source-held-out macro-F1 differences under this are noise (grid's top is flat)
 
 
-def score(stages: dict[str, Any], y: Any, mix: cv.Mix) -> dict[str, Any]:
-    """Metrics of the cascade with ``mix`` on out-of-fold stage probabilities."""
-    final, confidence, asked = cv.cascade(stages, mix)
+def score(stages: dict[str, Any], y: Any, mix: cv.Mix,
+          doubtful_below: float | None = None) -> dict[str, Any]:
+    """Metrics of the cascade with ``mix`` on out-of-fold stage probabilities; the
+    calibration of its confidence with doubtful answers held under ``doubtful_below``."""
+    final, confidence, asked = cv.cascade(stages, mix, doubtful_below)
     pred = final.argmax(axis=1)
     names = list(cv.CATEGORIES)
     report = metrics([names[i] for i in y], [names[i] for i in pred], names)
     report["calibration"] = calibration(confidence.tolist(), (pred == y).tolist())
+    report["confident_wrong"] = int(((confidence >= 0.5) & (pred != y)).sum())
     report["model_share"] = float(asked.mean())
     return report
 
@@ -84,7 +90,8 @@ def print_split(name: str, stages: dict[str, Any], y: Any, mix: cv.Mix) -> dict[
     for stage in ("lexical", "head", "knn"):
         pred = stages[stage].argmax(axis=1)
         out[stage] = cv.macro_f1(y, pred, len(names))
-    report = score(stages, y, mix)
+    report = score(stages, y, mix, ESCALATE_BELOW)
+    plain = score(stages, y, mix)  # the confidence before doubtful answers are held down
     out["cascade"] = report["macro_f1"]
     out["min_recall"] = min(report["recall"].values())
     out["ece"] = report["calibration"]["ece"]
@@ -97,10 +104,16 @@ def print_split(name: str, stages: dict[str, Any], y: Any, mix: cv.Mix) -> dict[
     print("  per category (precision / recall): " + ", ".join(
         f"{c} {report['precision'].get(c, 0):.2f}/{report['recall'].get(c, 0):.2f}"
         for c in names))
-    cal = report["calibration"]
-    print(f"  calibration: ECE {cal['ece']:.3f}; confidence >= 0.5: {cal['above']['share']:.0%} "
-          f"of answers, accuracy {cal['above']['accuracy']:.3f}; below: accuracy "
-          f"{cal['below']['accuracy']:.3f}")
+    for label, rep in (("as shipped (doubtful answers under 0.5)", report),
+                       ("without holding doubtful answers down", plain)):
+        cal = rep["calibration"]
+        print(f"  calibration {label}: ECE {cal['ece']:.3f}; confidence >= 0.5: "
+              f"{cal['above']['share']:.0%} of answers, accuracy {cal['above']['accuracy']:.3f}; "
+              f"below: accuracy {cal['below']['accuracy']:.3f}; wrong at >= 0.5: "
+              f"{rep['confident_wrong']}")
+    out["ece_plain"] = plain["calibration"]["ece"]
+    out["confident_wrong"] = report["confident_wrong"]
+    out["confident_wrong_plain"] = plain["confident_wrong"]
     return out
 
 

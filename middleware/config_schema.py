@@ -179,6 +179,9 @@ class ClassifierConfig(_Section, frozen=True):
     mode: Literal["heuristic", "sidecar"] = "heuristic"
     budget_ms: float = 50.0
     escalate_below: float = 0.5  # confidence under this escalates to a stronger tier
+    # Answers the classifier doubts (its stages disagree, or a pasted document under a weak
+    # instruction) get a confidence just under escalate_below, so they escalate.
+    escalate_doubtful: bool = True
     escalate_min_capability: float = 0.85
     default_category: str = "chat"
     # mode = "sidecar": the embedding model process (see routegate.sidecar)

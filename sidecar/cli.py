@@ -45,6 +45,7 @@ class ClassifySettings(NamedTuple):
     budget_ms: float
     default_category: str
     escalate_below: float
+    escalate_doubtful: bool = True  # doubtful answers held under escalate_below (confidence.py)
 
 
 SettingsLoader = Callable[[str], ClassifySettings]
@@ -112,7 +113,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
 
 async def _classify_main(args: argparse.Namespace) -> int:
-    categories, routes, budget, default, escalate = _settings(args)
+    categories, routes, budget, default, escalate, doubtful = _settings(args)
     supervisor: SidecarSupervisor | None = None
     tmpdir: tempfile.TemporaryDirectory[str] | None = None
     socket = args.socket
@@ -128,6 +129,7 @@ async def _classify_main(args: argparse.Namespace) -> int:
     classifier = SidecarClassifier(
         socket or "/nonexistent", budget_ms=budget, categories=categories,
         default_category=default, routes=routes, weights=args.weights,
+        doubtful_below=escalate if doubtful else None,
     )
     try:
         if socket is not None and not args.lexical_only:

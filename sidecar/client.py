@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from routegate.middleware.contracts import Classification, Classifier, Method
+from routegate.sidecar.confidence import disagreement_confidence, doubtful_confidence
 from routegate.sidecar.heuristic import HeuristicClassifier, complexity_of
 from routegate.sidecar.lexical import LexicalModel, weight_files
 from routegate.sidecar.protocol import (
@@ -59,7 +60,7 @@ from routegate.sidecar.protocol import (
 from routegate.sidecar.routes import route_specs
 from routegate.sidecar.semantic import mix_known
 
-__all__ = ["DEFAULT_CATEGORIES", "SidecarClassifier", "disagreement_confidence"]
+__all__ = ["DEFAULT_CATEGORIES", "SidecarClassifier"]
 
 log = logging.getLogger("routegate.sidecar.client")
 
@@ -68,13 +69,6 @@ DEFAULT_CATEGORIES: tuple[str, ...] = (
     "translation", "extraction", "classification", "factual_qa", "chat",
 )
 _SEND_CHARS = 2000  # head and tail sent to the sidecar; it embeds far fewer tokens anyway
-
-
-def disagreement_confidence(confidence: float, scale: float) -> float:
-    """The confidence of a mixed answer whose stages disagree: such answers are right far
-    less often (65 % vs 93 % source-held-out), so it is scaled down (``disagree_scale``,
-    fitted with the weights) and the router's ``escalate_below`` catches more of them."""
-    return confidence * scale
 
 
 class SidecarClassifier:
@@ -101,6 +95,7 @@ class SidecarClassifier:
         ping_interval_s: float = 0.5,
         llm_mode: Literal["off", "escalate", "always"] = "off",
         llm_escalate_below: float = 0.5,
+        doubtful_below: float | None = None,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.budget_ms = budget_ms
@@ -129,6 +124,9 @@ class SidecarClassifier:
         self.ping_interval_s = ping_interval_s
         self.llm_mode = llm_mode
         self.llm_escalate_below = llm_escalate_below
+        # Doubtful answers get a confidence under this (the router's escalate_below), so
+        # they escalate (confidence.py); None: only the disagreement factor applies.
+        self.doubtful_below = doubtful_below
         self.llm_model = ""  # the sidecar's generative stage, from its last Pong
         self._lex_cols: list[tuple[int, int]] = []
         self._lex_complete = False
@@ -203,14 +201,14 @@ class SidecarClassifier:
         if cached is not None:
             self._cache.move_to_end(key)
             return self._answer(cached.category, cached.confidence, "cache", text, started)
-        lex = self._lexical_probs(text)
+        lex, weak = self._lexical_probs(text)
         if self.llm_mode == "always" and (answer := await self._llm(text, started)) is not None:
             return self._remember(key, answer)
         if lex is not None and self._lex_complete and float(lex.max()) >= self.accept_confidence:
-            return self._remember(key, self._from_probs(lex, "lexical", text, started))
+            return self._remember(key, self._from_probs(lex, "lexical", text, started, weak))
         reply = await self._ask_in_budget(text, started, "embed")
         if reply is None:
-            return await self._fallback(text, lex, started)
+            return await self._fallback(text, lex, started, weak)
         probs = self._align(reply)
         disagree = False
         if lex is not None:
@@ -227,6 +225,7 @@ class SidecarClassifier:
         confidence = float(probs[best])
         if disagree and self.lexical is not None:
             confidence = disagreement_confidence(confidence, self.lexical.disagree_scale)
+        confidence = doubtful_confidence(confidence, disagree or weak, self.doubtful_below)
         if (self.llm_mode == "escalate" and confidence < self.llm_escalate_below
                 and (answer := await self._llm(text, started)) is not None):
             return self._remember(key, answer)
@@ -253,16 +252,17 @@ class SidecarClassifier:
             return None
         return reply if isinstance(reply, ClassifyResult) else None
 
-    def _lexical_probs(self, text: str) -> npt.NDArray[np.float32] | None:
-        """Lexical probabilities over the configured categories (0 for ones it does not know)."""
+    def _lexical_probs(self, text: str) -> tuple[npt.NDArray[np.float32] | None, bool]:
+        """Lexical probabilities over the configured categories (0 for ones it does not
+        know), and whether the prompt is a document under a weak instruction."""
         if self.lexical is None or not self._lex_cols:
-            return None
-        raw = self.lexical.predict_proba(text)
+            return None, False
+        raw, weak = self.lexical.predict(text)
         out = np.zeros(len(self.categories), dtype=np.float32)
         for i, j in self._lex_cols:
             out[i] = raw[j]
         total = float(out.sum())
-        return out / total if total > 0 else None
+        return (out / total if total > 0 else None), weak
 
     def _align(self, reply: ClassifyResult) -> npt.NDArray[np.float32]:
         given = dict(zip(reply.categories, reply.probs, strict=False))
@@ -270,18 +270,18 @@ class SidecarClassifier:
         total = float(out.sum())
         return out / total if total > 0 else np.full(len(out), 1.0 / len(out), dtype=np.float32)
 
-    async def _fallback(
-        self, text: str, lex: npt.NDArray[np.float32] | None, started: float
-    ) -> Classification:
+    async def _fallback(self, text: str, lex: npt.NDArray[np.float32] | None, started: float,
+                        weak: bool) -> Classification:
         if lex is not None:
-            return self._from_probs(lex, "fallback", text, started)
+            return self._from_probs(lex, "fallback", text, started, weak)
         answer = await self.fallback.classify(text)
         return self._answer(answer.category, answer.confidence, "fallback", text, started)
 
     def _from_probs(self, probs: npt.NDArray[np.float32], method: Method, text: str,
-                    started: float) -> Classification:
+                    started: float, weak: bool = False) -> Classification:
         best = int(np.argmax(probs))
-        return self._answer(self.categories[best], float(probs[best]), method, text, started)
+        confidence = doubtful_confidence(float(probs[best]), weak, self.doubtful_below)
+        return self._answer(self.categories[best], confidence, method, text, started)
 
     def _answer(self, category: str, confidence: float, method: Method, text: str,
                 started: float) -> Classification:

@@ -31,6 +31,10 @@ class ClassifierSettings(Protocol):
     @property
     def default_category(self) -> str: ...
     @property
+    def escalate_below(self) -> float: ...
+    @property
+    def escalate_doubtful(self) -> bool: ...
+    @property
     def socket_path(self) -> str: ...
     @property
     def spawn(self) -> bool: ...
@@ -102,7 +106,8 @@ class SidecarExtension:
             routes=self._routes, weights=config.weights,
             cache_size=config.cache_size, max_in_flight=config.max_in_flight,
             llm_mode=config.llm_mode if config.llm_model_path else "off",
-            llm_escalate_below=config.llm_escalate_below)
+            llm_escalate_below=config.llm_escalate_below,
+            doubtful_below=config.escalate_below if config.escalate_doubtful else None)
         await self.client.start()
         await self.client.wait_ready(config.startup_wait_s)
         gateway.classifier = self.client

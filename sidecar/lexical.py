@@ -170,7 +170,7 @@ class LexicalModel:
     # these raised to mix_weight.
     accept_confidence: float = 0.9
     mix_weight: float = 1.0
-    # Confidence factor of a mixed answer whose stages disagree (client.disagreement_confidence).
+    # Confidence factor of a mixed answer whose stages disagree (confidence.py).
     disagree_scale: float = 1.0
     # Logit scale for a pasted document with a weak instruction (window.weak_instruction):
     # below 1 it flattens the probabilities, so such prompts are less often accepted here
@@ -210,9 +210,14 @@ class LexicalModel:
         )
 
     def predict_proba(self, text: str) -> FloatArray:
+        return self.predict(text)[0]
+
+    def predict(self, text: str) -> tuple[FloatArray, bool]:
+        """Probabilities, and whether ``text`` is a document under a weak instruction."""
         view = instruction_view(text)
         idx, val = featurize_view(view)
         logits = val @ self.weights[idx].astype(np.float32) + self.bias
-        if self.weak_scale != 1.0 and weak_instruction(view):
+        weak = weak_instruction(view)
+        if weak and self.weak_scale != 1.0:
             logits *= self.weak_scale
-        return softmax(logits)
+        return softmax(logits), weak

@@ -80,7 +80,8 @@ def _classify_settings(path: str) -> ClassifySettings:
     routes = route_specs(config.routes, categories) if config.routes else route_specs(
         categories=categories)
     return ClassifySettings(categories, routes, config.classifier.budget_ms,
-                            config.classifier.default_category, config.classifier.escalate_below)
+                            config.classifier.default_category, config.classifier.escalate_below,
+                            config.classifier.escalate_doubtful)
 
 
 def main(argv: list[str] | None = None) -> int:

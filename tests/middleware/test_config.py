@@ -46,6 +46,8 @@ capabilities = { chat = 0.5 }
     ("[models.y]\nprovider = \"p\"\nfallbacks = [\"z\"]\n", "models.y.fallbacks: unknown model 'z'"),
     ("[providers.q]\ntype = \"carrier-pigeon\"\n", "providers.q.type: Invalid enum value"),
     ("[classifier]\nescalate_below = \"low\"\n", "classifier.escalate_below: Expected `float`"),
+    ("[classifier]\nescalate_doubtful = \"yes\"\n",
+     "classifier.escalate_doubtful: Expected `bool`"),
     ("[retry]\nmax_atempts = 3\n", "retry.max_atempts: unknown key"),
     ("[retry]\nsame_model_5xx = 4\n", "retry.same_model_5xx: must be within [0, 3]"),
     ("[retry]\nsame_model_5xx = -1\n", "retry.same_model_5xx: must be within [0, 3]"),

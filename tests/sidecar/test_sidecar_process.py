@@ -10,6 +10,7 @@ import json
 import os
 import signal
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,37 @@ async def test_stage_disagreement_lowers_the_confidence(sidecar: SidecarSupervis
     plain, scaled = answers
     assert plain.method == scaled.method == "model" and plain.category == scaled.category
     assert abs(scaled.confidence - plain.confidence * 0.5) < 1e-3
+    # As the gateway builds it (escalate_doubtful): the disagreeing answer goes under the
+    # router's escalate_below whatever its mixed confidence (>= 0.5 of two routes).
+    lexical = replace(lexical, disagree_scale=1.0)
+    client = await _client(sidecar, lexical=lexical, categories=categories, doubtful_below=0.5,
+                           routes=route_specs(categories=categories), budget_ms=10_000)
+    try:
+        held = await client.classify("Write a Python function that reverses a linked list.")
+    finally:
+        await client.close()
+    assert held.method == "model" and held.category == plain.category
+    assert plain.confidence >= 0.5 > held.confidence
+
+
+async def test_document_under_a_weak_instruction_escalates() -> None:
+    # A lexical stage sure of "code" whatever it reads: a pasted article under "Thoughts" is
+    # still held under escalate_below, the same article under a clear instruction is not.
+    categories = ("code", "chat")
+    lexical = LexicalModel(categories, np.zeros((1 << HASH_BITS, 2), dtype=np.float16),
+                           np.array([3.0, 0.0], dtype=np.float32), accept_confidence=0.9)
+    article = " ".join(f"The council met on day {i} and agreed on the harbour budget."
+                       for i in range(30))
+    weak, clear = f"{article}\n\nThoughts", f"{article}\n\nSummarize the article above."
+    answers = {}
+    for below in (None, 0.5):
+        client = SidecarClassifier("/nonexistent", lexical=lexical, categories=categories,
+                                   routes=route_specs(categories=categories), doubtful_below=below)
+        answers[below] = [await client.classify(t) for t in (weak, clear)]
+    assert all(a.method == "lexical" and a.confidence > 0.9 for a in answers[None])
+    held_weak, held_clear = answers[0.5]
+    assert held_weak.category == "code" and held_weak.confidence < 0.5
+    assert held_clear.confidence == answers[None][1].confidence
 
 
 async def test_budget_expiry_falls_back(sidecar: SidecarSupervisor) -> None:
