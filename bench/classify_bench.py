@@ -263,7 +263,8 @@ def main() -> int:
                   f"(lexical {src.get('lexical', 0):.3f}, head {src.get('head', 0):.3f}, kNN "
                   f"{src.get('knn', 0):.3f}), lowest recall {src.get('min_recall', 0):.2f}, ECE "
                   f"{src.get('ece', 0):.3f} ({src.get('ece_plain', 0):.3f} without holding "
-                  f"doubtful answers down), wrong at >= 0.5: {src.get('confident_wrong', 0)} "
+                  f"doubtful answers down), wrong at >= {ESCALATE_BELOW:g}: "
+                  f"{src.get('confident_wrong', 0)} "
                   f"({src.get('confident_wrong_plain', 0)}); held-back split (offline) "
                   f"{rnd.get('cascade', 0):.3f}")
         if "smollm2_prefill" in results:

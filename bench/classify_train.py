@@ -52,8 +52,8 @@ def score(stages: dict[str, Any], y: Any, mix: cv.Mix,
     pred = final.argmax(axis=1)
     names = list(cv.CATEGORIES)
     report = metrics([names[i] for i in y], [names[i] for i in pred], names)
-    report["calibration"] = calibration(confidence.tolist(), (pred == y).tolist())
-    report["confident_wrong"] = int(((confidence >= 0.5) & (pred != y)).sum())
+    report["calibration"] = calibration(confidence.tolist(), (pred == y).tolist(), ESCALATE_BELOW)
+    report["confident_wrong"] = int(((confidence >= ESCALATE_BELOW) & (pred != y)).sum())
     report["model_share"] = float(asked.mean())
     return report
 
@@ -104,12 +104,13 @@ def print_split(name: str, stages: dict[str, Any], y: Any, mix: cv.Mix) -> dict[
     print("  per category (precision / recall): " + ", ".join(
         f"{c} {report['precision'].get(c, 0):.2f}/{report['recall'].get(c, 0):.2f}"
         for c in names))
-    for label, rep in (("as shipped (doubtful answers under 0.5)", report),
+    at = f">= {ESCALATE_BELOW:g}"
+    for label, rep in ((f"as shipped (doubtful answers under {ESCALATE_BELOW:g})", report),
                        ("without holding doubtful answers down", plain)):
         cal = rep["calibration"]
-        print(f"  calibration {label}: ECE {cal['ece']:.3f}; confidence >= 0.5: "
+        print(f"  calibration {label}: ECE {cal['ece']:.3f}; confidence {at}: "
               f"{cal['above']['share']:.0%} of answers, accuracy {cal['above']['accuracy']:.3f}; "
-              f"below: accuracy {cal['below']['accuracy']:.3f}; wrong at >= 0.5: "
+              f"below: accuracy {cal['below']['accuracy']:.3f}; wrong at {at}: "
               f"{rep['confident_wrong']}")
     out["ece_plain"] = plain["calibration"]["ece"]
     out["confident_wrong"] = report["confident_wrong"]
