@@ -40,7 +40,7 @@ from routegate.middleware.operations.operator import (
     operator_router,
 )
 from routegate.middleware.providers.base import ClientRequest
-from routegate.middleware.request.gateway import read_body
+from routegate.middleware.request.intake import read_body
 from routegate.middleware.request.routing import ModelSignal, Override, Plan
 
 if TYPE_CHECKING:

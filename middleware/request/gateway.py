@@ -30,7 +30,8 @@ from routegate.middleware.contracts import (
 from routegate.middleware.providers import build_adapter
 from routegate.middleware.providers.base import ClientRequest, ProviderAdapter
 from routegate.middleware.providers.local_model import LocalModelServer
-from routegate.middleware.request.errors import GatewayError, InvalidRequest, PayloadTooLarge, invalid_json
+from routegate.middleware.request.errors import GatewayError
+from routegate.middleware.request.intake import check_output_tokens, decode_chat_request, read_body
 from routegate.middleware.request.model_pool import PoolModel
 from routegate.middleware.request.observers import Observers
 from routegate.middleware.request.relay import Relay
@@ -39,15 +40,13 @@ from routegate.middleware.request.scrub import Scrubber
 from routegate.middleware.request.sessions import SessionStore
 from routegate.middleware.upstream.origins import OriginOptions, unsafe_header
 from routegate.middleware.upstream.transport import FastTransport
-from routegate.middleware.wire.openai import ChatRequest, context_text, message_text
+from routegate.middleware.wire.openai import context_text, message_text
 from routegate.sidecar.heuristic import HeuristicClassifier
 
 __all__ = ["Endpoint", "Gateway", "GatewayExtension", "GatewayPolicy", "respond_json"]
 
 log = logging.getLogger("routegate")
 
-_fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_chat_decoder = msgspec.json.Decoder(ChatRequest)
 _json = msgspec.json.Encoder()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -250,7 +249,7 @@ class Gateway:
         """Read and validate an OpenAI-format chat request (400/405/413 on bad input)."""
         if scope["method"] != "POST":
             raise GatewayError("Use POST for this endpoint", status=405, code="method_not_allowed")
-        return _decode_request(await read_body(receive, self.config.server.max_body_bytes))
+        return decode_chat_request(await read_body(receive, self.config.server.max_body_bytes))
 
     async def serve_chat(self, ctx: RequestContext, request: ClientRequest, send: Send,
                          receive: Receive) -> RequestOutcome:
@@ -275,7 +274,7 @@ class Gateway:
 
     def check_limits(self, request: ClientRequest) -> None:
         """400 for output limits no model of the pool could honour."""
-        _check_output_tokens(request, self.max_output_tokens)
+        check_output_tokens(request, self.max_output_tokens)
 
     async def decide(self, ctx: RequestContext, request: ClientRequest) -> tuple[Plan, str | None]:
         """Classify (for ``auto``) and plan one request (checked by :meth:`check_limits`),
@@ -324,67 +323,6 @@ def _origin_options(provider: ProviderConfig) -> OriginOptions:
                          max_header_bytes=provider.max_response_header_bytes,
                          max_headers=provider.max_response_headers,
                          max_body_bytes=provider.max_response_body_bytes)
-
-
-def _decode_request(body: bytes) -> ClientRequest:
-    try:
-        fields = _fields_decoder.decode(body)  # not an object: invalid_json too
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise invalid_json(exc) from exc
-    try:
-        chat = _chat_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        message, param = _explain(str(exc))
-        raise InvalidRequest(f"Invalid request: {message}", param=param) from exc
-    except (msgspec.DecodeError, RecursionError) as exc:
-        # Raw fields skip string contents: invalid UTF-8 shows up in the typed decode
-        raise invalid_json(exc) from exc
-    if not chat.messages:
-        raise InvalidRequest("`messages` must contain at least one message", param="messages")
-    include_usage = chat.stream_options is not None and chat.stream_options.include_usage
-    return ClientRequest(fields, chat, include_usage)
-
-
-def _check_output_tokens(request: ClientRequest, limit: int) -> None:
-    """No answer can be longer than the largest context window of the pool; a larger limit is
-    a mistake (or an attempt to make the budget reservation meaningless)."""
-    chat = request.chat
-    for name, value in (("max_tokens", chat.max_tokens),
-                        ("max_completion_tokens", chat.max_completion_tokens)):
-        if value is not None and limit and value > limit:
-            raise InvalidRequest(f"`{name}` is {value}, more than the largest context window "
-                                 f"of this gateway's models ({limit} tokens)", param=name)
-
-
-def _explain(error: str) -> tuple[str, str | None]:
-    """msgspec's ``Expected `str`, got `int` - at `$.messages[0].role``` -> message, param."""
-    message, sep, where = error.rpartition(" - at `")
-    if not sep:
-        message, where = error, ""
-    param = where.rstrip("`").removeprefix("$").lstrip(".") or None
-    if message.startswith("Object missing required field `"):
-        field = message.split("`")[1]
-        param = f"{param}.{field}" if param else field
-        return f"missing required field `{param}`", param
-    return (f"{message} (at `{param}`)" if param else message), param
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body, or 413 past ``limit`` bytes (400 if the client leaves)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidRequest("The client disconnected before sending the body",
-                                 code="client_disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def respond_json(send: Send, status: int, body: bytes, ctx: RequestContext,

@@ -19,7 +19,8 @@ from routegate.middleware.config import GatewayConfig
 from routegate.middleware.contracts import RequestContext, RequestOutcome
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.request.errors import GatewayError, InvalidRequest, invalid_json
-from routegate.middleware.request.gateway import Gateway, read_body
+from routegate.middleware.request.gateway import Gateway
+from routegate.middleware.request.intake import read_body
 from routegate.middleware.request.routing import AUTO_MODELS
 from routegate.middleware.request.tokens import TokenEstimator
 from routegate.middleware.wire.anthropic_inbound import (
