@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import importlib.resources
-import logging
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,10 +40,11 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from routegate.middleware.asgi_types import Receive, Scope, Send
-from routegate.middleware.config import ConfigError, GatewayConfig, load_config, resolve_config_path
+from routegate.middleware.config import GatewayConfig
 from routegate.middleware.contracts import Classification, SharedState, StateUnavailable
 from routegate.middleware.operations.admin_fleet import FleetControls, apply_change, fleet_stats
 from routegate.middleware.operations.budgets import ClientLimiter, reservation_usd
+from routegate.middleware.operations.config_reload import reload_config
 from routegate.middleware.operations.feedback import FeedbackStore, SharedStateDown
 from routegate.middleware.operations.model_health import WINDOWS, Controls, HealthRegistry
 from routegate.middleware.operations.operator import (
@@ -56,16 +56,15 @@ from routegate.middleware.operations.operator import (
 )
 from routegate.middleware.providers.base import ClientRequest
 from routegate.middleware.request.errors import GatewayError, InvalidRequest, Unauthorized
-from routegate.middleware.request.gateway import Gateway, read_body
+from routegate.middleware.request.gateway import Gateway
+from routegate.middleware.request.intake import read_body
 from routegate.middleware.request.routing import Candidate, Override, RouteView, plan_route
 from routegate.middleware.wire.openai import message_text
 
-__all__ = ["ADMIN_BODY_LIMIT", "MAX_TTL_S", "AdminApi", "AdminHost", "describe_changes"]
+__all__ = ["ADMIN_BODY_LIMIT", "MAX_TTL_S", "AdminApi", "AdminHost"]
 
 ADMIN_BODY_LIMIT = 1 << 20  # admin (and feedback) bodies are small JSON documents
 MAX_TTL_S = 30 * 86_400.0  # an override outliving a month is config, not an operator's nudge
-
-log = logging.getLogger("routegate")
 
 
 class WeightChange(msgspec.Struct, forbid_unknown_fields=True):
@@ -287,62 +286,8 @@ class AdminApi:
         return self.weights()
 
     def reload(self, allow_shrink: bool = False) -> dict[str, Any]:
-        """Re-read the config file and swap it in between two requests; an invalid file (or one
-        needing a restart) is rejected with its error and the running config stays. So is one
-        that would drop every client key, every model or the admin token (a truncated file
-        would silently open the gateway), unless ``allow_shrink`` says it is meant."""
-        path = Path(self.ext.config_path or self.ext.config.admin.config_path
-                    or resolve_config_path(None))
-        old = self.ext.config
-        try:
-            config = load_config(path)
-            if not allow_shrink:
-                self._check_shrink(old, config)
-            self._swap(config)
-        except ConfigError as exc:
-            raise InvalidRequest(f"Reload rejected, running config kept: {exc}",
-                                 code="invalid_config") from exc
-        self.ext.reloaded_at = self.ext.wall()
-        log.info("config reloaded from %s: %s", path, describe_changes(old, config))
-        return {"reloaded": True, "path": str(path), "models": sorted(config.models),
-                "available": sorted(self.ext.gateway.available)}
-
-    def _check_shrink(self, old: GatewayConfig, new: GatewayConfig) -> None:
-        lost = [what for what, before, after in (
-            ("every client key (requests would need no key)", old.clients, new.clients),
-            ("every model", old.models, new.models),
-            ("the admin token (the admin API would be gone until a restart)",
-             self.token, self.ext.admin_token(new)),
-        ) if before and not after]
-        if lost:
-            raise ConfigError(f"the new file removes {' and '.join(lost)}; if that is meant, "
-                              "reload with ?allow_shrink=true")
-
-    def _swap(self, config: GatewayConfig) -> None:
-        """Everything is built first; the assignments at the end run without an await between
-        them, so a request sees either the old config or the new one, never a mix. Requests in
-        flight finish on the relay they started with."""
-        ext = self.ext
-        gw = ext.gateway
-        old = gw.config
-        if config.server.prefix != old.server.prefix:
-            raise ConfigError("server.prefix: changing it needs a restart")
-        gw.install(config)  # raises ConfigError, keeping the old pool
-        from routegate.sidecar.client import SidecarClassifier
-        from routegate.sidecar.heuristic import HeuristicClassifier
-        from routegate.sidecar.routes import route_specs
-
-        if isinstance(gw.classifier, HeuristicClassifier):
-            gw.classifier = HeuristicClassifier(config.categories,
-                                                config.classifier.default_category)
-        elif isinstance(gw.classifier, SidecarClassifier):  # re-teach the routes' examples
-            ext.reconfiguring = asyncio.get_running_loop().create_task(
-                gw.classifier.reconfigure(route_specs(config.routes, config.categories)))
-        ext.registry.configure(config)
-        ext.limiter.configure(config)
-        ext.feedback.capacity = max(1, config.adaptive.feedback_memory)
-        ext.controls.disabled &= set(config.models)
-        ext.configure_admin(config)
+        """``POST /admin/reload`` (``config_reload.reload_config``)."""
+        return reload_config(self.ext, self.token, allow_shrink)
 
     async def explain(self, request: ClientRequest) -> dict[str, Any]:
         """Classify and plan one request without sending it (no probe claimed, no budget)."""
@@ -364,20 +309,6 @@ class AdminApi:
             "candidates": [_candidate(c) for c in plan.candidates],
             "max_cost_usd": round(reservation_usd(request, models), 10),
         }
-
-
-def describe_changes(old: GatewayConfig, new: GatewayConfig) -> str:
-    """What a reload added, removed and changed, by name only (never keys or their hashes)."""
-    parts: list[str] = []
-    for section in ("models", "providers", "clients", "routes"):
-        before, after = getattr(old, section), getattr(new, section)
-        for sign, names in (("+", sorted(after.keys() - before.keys())),
-                            ("-", sorted(before.keys() - after.keys())),
-                            ("~", sorted(n for n in before.keys() & after.keys()
-                                         if before[n] != after[n]))):
-            if names:
-                parts.append(f"{section} {sign}{','.join(names)}")
-    return "; ".join(parts) or "no model, provider, client or route changed"
 
 
 def _seconds_until(at: float | None, now: float) -> float | None:
